@@ -1,0 +1,59 @@
+"""gunicorn settings for jobpool: ``gunicorn -c gunicorn.conf.py`` alone starts the service.
+
+Every value comes from ``JOBPOOL_*`` environment variables (service/config.py); command-line
+arguments and ``GUNICORN_CMD_ARGS`` still override what is set here.
+"""
+
+import os
+import sys
+
+from service.config import Settings
+from service.errors import ConfigError
+
+try:
+    settings = Settings.from_env()
+except ConfigError as ex:
+    # One line naming the variable, then stop: no traceback to dig through.
+    print(f"jobpool: {ex.detail}", file=sys.stderr)
+    sys.exit(2)
+
+wsgi_app = "service.asgi:app"
+bind = [settings.bind]
+workers = settings.workers
+# gunicorn's own asyncio worker runs the falcon.asgi.App: measured here ~2x the requests/s
+# of gthread on the seed batch. The event loop only parses, validates and dispatches.
+worker_class = "asgi"
+asgi_loop = "uvloop"
+asgi_lifespan = "on"  # pools and the store start and drain with the lifespan
+# The C parser (gunicorn_h1c) when it is installed, else the pure Python one.
+http_parser = "auto"
+keepalive = settings.keepalive_s  # longer than an ALB's 60 s idle timeout
+graceful_timeout = settings.graceful_timeout_s
+timeout = settings.worker_timeout_s
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # heartbeat off the disk
+# gunicorn >= 26 opens ~/.gunicorn/gunicorn.ctl by default, and a second server on the host
+# silently takes that path over; jobpool does not use it.
+control_socket_disable = True
+loglevel = settings.log_level
+errorlog = "-"
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+
+def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
+    """Refuse to start when the state directory cannot be written: one clear line."""
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.state_dir / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as ex:
+        print(f"jobpool: JOBPOOL_STATE_DIR: {settings.state_dir} is not writable: {ex}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+
+
+def post_fork(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+    """Tell the worker how many siblings share the host's cpu budget (CLI -w included)."""
+    os.environ["JOBPOOL__GUNICORN_WORKERS"] = str(server.cfg.workers)

@@ -1,0 +1,104 @@
+"""``/v1/jobs/{id}``: a job's state, its result, and cancelling it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon.asgi
+
+from service import ids
+from service.api.http import send_json
+from service.errors import Conflict, JobNotFound
+from service.jobs.layer import JobLayer
+from service.jobs.record import JobRecord
+from service.jobs.state import JobState
+
+
+async def find_job(layer: JobLayer, req: falcon.asgi.Request, job_id: str) -> JobRecord:
+    """The caller's job, or 404: an unknown id and another client's job look the same."""
+    record = await layer.get(job_id) if ids.is_valid(job_id) else None
+    if record is None or record.owner != req.context.owner:
+        raise JobNotFound(f"no job {job_id!r}")
+    return record
+
+
+def result_body(resp: falcon.asgi.Response, record: JobRecord) -> None:
+    """Answer with the result: binary results as themselves, the rest as JSON."""
+    result = record.result
+    if isinstance(result, dict) and isinstance(result.get("data"), bytes | bytearray):
+        resp.status = 200
+        resp.content_type = str(result.get("content_type") or "application/octet-stream")
+        resp.data = bytes(result["data"])
+        return
+    send_json(resp, result)
+
+
+class JobResource:
+    """GET a job document; DELETE cancels a job that has not started."""
+
+    def __init__(self, layer: JobLayer) -> None:
+        self.layer = layer
+
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
+    ) -> None:
+        send_json(resp, (await find_job(self.layer, req, job_id)).document())
+
+    async def on_delete(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
+    ) -> None:
+        await find_job(self.layer, req, job_id)
+        state = await self.layer.cancel(job_id)
+        if state is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        if state is not JobState.CANCELLED:
+            raise Conflict(f"job {job_id} is {state.value}; only a queued job can be cancelled")
+        record = await self.layer.get(job_id)
+        assert record is not None
+        send_json(resp, record.document())
+
+
+class JobResultResource:
+    """GET the result of a finished job."""
+
+    def __init__(self, layer: JobLayer) -> None:
+        self.layer = layer
+
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
+    ) -> None:
+        record = await find_job(self.layer, req, job_id)
+        if record.result is None:
+            why = f": {record.error}" if record.error else ""
+            raise Conflict(f"job {job_id} is {record.state.value} and has no result{why}")
+        result_body(resp, record)
+
+
+def accepted(resp: falcon.asgi.Response, record: JobRecord, **extra: Any) -> None:
+    """202 for a stored job, pointing at it."""
+    resp.set_header("Location", f"/v1/jobs/{record.id}")
+    send_json(resp, {"job": record.id, "state": record.state.value, **extra}, status=202)
+
+
+async def answer_submitted(
+    layer: JobLayer,
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response,
+    record: JobRecord,
+    wait_s: int,
+    **extra: Any,
+) -> None:
+    """202 at once, or with ``Prefer: wait`` the finished job (200) if it ends in time."""
+    if wait_s > 0:
+        final = await layer.wait(record.id, wait_s)
+        resp.set_header("Preference-Applied", f"wait={wait_s}")
+        if final is not None and final.state in (JobState.SUCCEEDED, JobState.FAILED,
+                                                 JobState.CANCELLED):  # fmt: skip
+            resp.set_header("Location", f"/v1/jobs/{record.id}")
+            resp.set_header("X-Job-Id", record.id)
+            if final.state is JobState.SUCCEEDED and final.result is not None:
+                result_body(resp, final)
+            else:
+                send_json(resp, final.document())
+            return
+    accepted(resp, record, **extra)

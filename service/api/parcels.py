@@ -1,0 +1,47 @@
+"""``/v1/parcels``: the seed's JSON batch endpoint, and stored parcels by id."""
+
+from __future__ import annotations
+
+import falcon.asgi
+
+from service.api.http import preferred_wait, read_json, send_json
+from service.api.jobs import answer_submitted
+from service.config import Settings
+from service.errors import NotFound
+from service.jobs.layer import JobLayer
+from service.tasks.parcels import parse_batch
+
+
+class ParcelsResource:
+    """POST a batch: one job, one io task per item; 202 once the job is stored."""
+
+    def __init__(self, layer: JobLayer, settings: Settings) -> None:
+        self.layer = layer
+        self.settings = settings
+        latency = settings.parcel_latency_ms
+        self.options = {"latency_ms": list(latency)} if latency else {}
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        items = parse_batch(
+            await read_json(req, self.settings.body_max), max_items=self.settings.batch_max
+        )
+        record = await self.layer.submit_batch(
+            "parcel", items, owner=req.context.owner, options=self.options
+        )
+        wait_s = preferred_wait(req, self.settings.wait_max_s)
+        await answer_submitted(self.layer, req, resp, record, wait_s, accepted=len(items))
+
+
+class ParcelResource:
+    """GET a stored parcel exactly as it was sent."""
+
+    def __init__(self, layer: JobLayer) -> None:
+        self.layer = layer
+
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, parcel_id: str
+    ) -> None:
+        parcel = await self.layer.store.get_item("parcel", req.context.owner, parcel_id)
+        if parcel is None:
+            raise NotFound(f"no parcel {parcel_id!r}")
+        send_json(resp, parcel)

@@ -1,0 +1,75 @@
+"""Errors as application/problem+json (RFC 9457), mapped in one place."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+import falcon.asgi
+import orjson
+
+from service import errors
+
+log = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+
+STATUS: dict[type[errors.ServiceError], int] = {
+    errors.BadRequest: 400,
+    errors.Invalid: 422,
+    errors.TooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.JobNotFound: 404,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Overloaded: 503,
+    errors.StoreUnavailable: 503,
+}
+
+
+def status_of(ex: errors.ServiceError) -> int:
+    for cls in type(ex).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def problem(resp: falcon.asgi.Response, status: int, title: str, detail: str, **extra: Any) -> None:
+    resp.status = status
+    resp.content_type = PROBLEM
+    resp.data = orjson.dumps({"type": "about:blank", "title": title, "status": status,
+                              "detail": detail, **extra})  # fmt: skip
+
+
+async def handle_service_error(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any
+) -> None:
+    assert isinstance(ex, errors.ServiceError)
+    retry_after = getattr(ex, "retry_after_s", None)
+    if retry_after is not None:
+        resp.set_header("Retry-After", str(retry_after))
+    extra = getattr(ex, "extra", None) or {}
+    problem(resp, status_of(ex), ex.title, ex.detail, **extra)
+
+
+async def handle_http_error(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any
+) -> None:
+    assert isinstance(ex, falcon.HTTPError)
+    resp.set_headers(ex.headers or {})
+    status = ex.status_code
+    problem(resp, status, ex.title or "Error", ex.description or ex.title or "")
+
+
+async def handle_unexpected(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any
+) -> None:
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    problem(resp, 500, "Internal server error", "the server failed; the error is logged")
+
+
+def install(app: falcon.asgi.App[Any, Any]) -> None:
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(errors.ServiceError, handle_service_error)

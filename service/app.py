@@ -1,0 +1,101 @@
+"""``create_app(settings)``: the only place where routes, middleware and the job layer meet."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from service.api import problems
+from service.api.health import Healthz, Readyz
+from service.api.jobs import JobResource, JobResultResource
+from service.api.middleware import Lifecycle, RequestId
+from service.api.parcels import ParcelResource, ParcelsResource
+from service.config import Settings
+from service.errors import ShuttingDown
+from service.jobs.cpu_pool import CpuPool
+from service.jobs.io_pool import IoPool
+from service.jobs.layer import JobLayer
+from service.jobs.registry import Registry, registry
+from service.jobs.sqlite_store import SqliteStore
+from service.jobs.tokens import HostTokens
+
+log = logging.getLogger(__name__)
+
+#: Modules whose import registers the service's jobs.
+TASK_MODULES = ("service.tasks.parcels",)
+# Started in the forkserver once, so each cpu process starts without importing them again.
+CPU_PRELOAD = ("service.tasks.parcels",)
+#: Seconds of the graceful timeout kept back for closing the store after the drain.
+DRAIN_MARGIN_S = 3.0
+
+
+class Service:
+    """What one gunicorn worker runs: the job layer, its store and pools."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        s = settings
+        self.layer = JobLayer(
+            registry=registry,
+            store=SqliteStore(s.state_dir, result_ttl_s=s.result_ttl_s, result_max=s.result_max),
+            io_pool=IoPool(s.io_threads),
+            cpu_pool_factory=self._cpu_pool,
+            io_queue_max=s.io_queue_max,
+            cpu_queue_max=s.cpu_queue_max,
+            admission_wait_s=s.admission_wait_ms / 1000,
+            max_attempts=s.max_attempts,
+            janitor_interval_s=s.janitor_interval_s,
+        )
+
+    def _cpu_pool(self, slot: int) -> CpuPool:
+        s = self.settings
+        processes = s.cpu_processes_for(slot)
+        log.info("worker slot %d: %d cpu processes", slot, processes)
+        return CpuPool(
+            processes=processes,
+            nice=s.cpu_nice,
+            tokens=HostTokens(s.state_dir / "cpu-tokens", s.cpu_workers),
+            preload=CPU_PRELOAD,
+        )
+
+    async def start(self) -> None:
+        await self.layer.start()
+
+    async def stop(self) -> None:
+        drain = max(1.0, self.settings.graceful_timeout_s - DRAIN_MARGIN_S)
+        await self.layer.close(drain_s=drain)
+
+    async def ping_store(self) -> None:
+        await self.layer.store.ping()
+
+    async def ping_accepting(self) -> None:
+        if self.layer.draining:
+            raise ShuttingDown("draining")
+
+
+def create_app(
+    settings: Settings | None = None, *, jobs: Registry = registry
+) -> falcon.asgi.App[Any, Any]:
+    """Build the ASGI app for one worker. Pools and store start with the ASGI lifespan."""
+    settings = settings or Settings.from_env()
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    service = Service(settings, jobs)
+    layer = service.layer
+    middleware: list[Any] = [RequestId(), Lifecycle(service.start, service.stop)]
+    app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
+    app.req_options.strip_url_path_trailing_slash = True
+    problems.install(app)
+    app.add_route("/healthz", Healthz())
+    app.add_route(
+        "/readyz", Readyz({"store": service.ping_store, "accepting": service.ping_accepting})
+    )
+    app.add_route("/v1/parcels", ParcelsResource(layer, settings))
+    app.add_route("/v1/parcels/{parcel_id}", ParcelResource(layer))
+    app.add_route("/v1/jobs/{job_id}", JobResource(layer))
+    app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
+    return app

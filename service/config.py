@@ -1,0 +1,182 @@
+"""Settings: every environment variable of jobpool, typed and validated once at start-up.
+
+Sizes are bytes, durations carry their unit in the name (``_MS``, ``_S``). Queue limits
+count per gunicorn worker; ``JOBPOOL_CPU_WORKERS`` counts for the whole host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from service.errors import ConfigError
+
+PREFIX = "JOBPOOL_"
+
+
+def vcpus() -> int:
+    """Logical CPUs of this host (psutil; 1 when it cannot tell)."""
+    return psutil.cpu_count(logical=True) or 1
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw, 10)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise ValueError(f"{value} is out of range (must be {bound})")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (use 1/0, true/false, on/off)")
+
+
+def _range_ms(raw: str) -> tuple[int, int] | None:
+    """``""``/``off`` → None; ``"30"`` → (30, 30); ``"5-55"`` → (5, 55)."""
+    text = raw.strip().lower()
+    if text in {"", "0", "off"}:
+        return None
+    lo_s, sep, hi_s = text.partition("-")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if sep else lo
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a millisecond range like 5-55") from None
+    if lo < 0 or hi < lo or hi > 60_000:
+        raise ValueError(f"{raw!r} must be LO-HI with 0 <= LO <= HI <= 60000")
+    return (lo, hi)
+
+
+def _bind(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{raw!r} is not HOST:PORT")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().lower()
+    if level not in {"debug", "info", "warning", "error", "critical"}:
+        raise ValueError(f"{raw!r} is not one of debug, info, warning, error, critical")
+    return level
+
+
+def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """All of jobpool's settings; build with :meth:`from_env`."""
+
+    bind: str = _setting("BIND", "127.0.0.1:8000", _bind, "HOST:PORT the server listens on")
+    workers: int = _setting(
+        "WORKERS", 0, _int(0, 256), "gunicorn worker processes; 0 means one per vCPU"
+    )
+    keepalive_s: int = _setting(
+        "KEEPALIVE_S", 75, _int(1, 3600), "idle keep-alive; longer than an ALB's 60 s"
+    )
+    graceful_timeout_s: int = _setting(
+        "GRACEFUL_TIMEOUT_S", 30, _int(1, 3600), "SIGTERM: time to finish running jobs"
+    )
+    worker_timeout_s: int = _setting(
+        "WORKER_TIMEOUT_S", 30, _int(2, 3600), "a silent worker is killed after this"
+    )
+    state_dir: Path = _setting("STATE_DIR", Path("var"), Path, "where the SQLite files live")
+    io_threads: int = _setting("IO_THREADS", 32, _int(1, 1024), "io pool threads per worker")
+    cpu_workers: int = _setting(
+        "CPU_WORKERS", 0, _int(0, 1024), "cpu processes on the whole host; 0 means vCPUs"
+    )
+    cpu_nice: int = _setting("CPU_NICE", 10, _int(0, 19), "niceness of the cpu processes")
+    io_queue_max: int = _setting(
+        "IO_QUEUE_MAX", 4096, _int(1), "io tasks queued or running, per worker"
+    )
+    cpu_queue_max: int = _setting(
+        "CPU_QUEUE_MAX", 64, _int(1), "cpu jobs queued or running, per worker"
+    )
+    admission_wait_ms: int = _setting(
+        "ADMISSION_WAIT_MS", 0, _int(0, 60_000), "wait for a pool slot before 503; 0: refuse"
+    )
+    batch_max: int = _setting("BATCH_MAX", 1000, _int(1, 100_000), "items per parcel batch")
+    body_max: int = _setting("BODY_MAX", 1 << 20, _int(1), "request body bytes (JSON routes)")
+    result_max: int = _setting("RESULT_MAX", 16 << 20, _int(1), "bytes of one stored result")
+    result_ttl_s: int = _setting(
+        "RESULT_TTL_S", 86_400, _int(1), "finished jobs and their results are kept this long"
+    )
+    max_attempts: int = _setting(
+        "MAX_ATTEMPTS", 3, _int(1, 100), "runs of one job before it is failed for good"
+    )
+    wait_max_s: int = _setting(
+        "WAIT_MAX_S", 60, _int(0, 3600), "longest Prefer: wait a request may ask for"
+    )
+    parcel_latency_ms: tuple[int, int] | None = _setting(
+        "PARCEL_LATENCY_MS", None, _range_ms, "simulated storage latency per parcel, e.g. 5-55"
+    )
+    log_level: str = _setting("LOG_LEVEL", "info", _log_level, "debug, info, warning, error")
+    janitor_interval_s: int = _setting(
+        "JANITOR_INTERVAL_S", 5, _int(1, 3600), "how often expired jobs and orphans are handled"
+    )
+    # Not a user setting: gunicorn.conf.py hands the real worker count to each worker.
+    gunicorn_workers: int = _setting(
+        "_GUNICORN_WORKERS", 1, _int(1, 256), "set by gunicorn.conf.py for its workers"
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every ``JOBPOOL_*`` variable; raise :class:`ConfigError` naming a bad one."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = PREFIX + f.metadata["env"]
+            raw = env.get(name)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as ex:
+                raise ConfigError(f"{name}: {ex}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.workers == 0:
+            object.__setattr__(self, "workers", vcpus())
+        if self.cpu_workers == 0:
+            object.__setattr__(self, "cpu_workers", vcpus())
+
+    @classmethod
+    def documented(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) of every user setting, for the README."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            if f.metadata["env"].startswith("_"):
+                continue
+            rows.append((PREFIX + f.metadata["env"], repr(f.default), f.metadata["doc"]))
+        return rows
+
+    def cpu_processes_for(self, slot: int) -> int:
+        """How many cpu processes the worker holding ``slot`` may start.
+
+        The host budget is split evenly over the gunicorn workers; every worker gets at least
+        one so it can serve cpu jobs, and host-wide tokens keep the running total within
+        ``cpu_workers`` when there are more workers than that.
+        """
+        share, extra = divmod(self.cpu_workers, self.gunicorn_workers)
+        return max(1, share + (1 if slot % self.gunicorn_workers < extra else 0))

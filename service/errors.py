@@ -1,0 +1,91 @@
+"""One exception hierarchy for the service; the HTTP layer maps it to problem+json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of every error jobpool raises on purpose."""
+
+    title = "Service error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        #: Extension members of the problem document (e.g. ``errors`` of a validation).
+        self.extra = extra
+
+
+class ConfigError(ServiceError, ValueError):
+    """A setting has an invalid value; start-up stops with this one line."""
+
+    title = "Invalid setting"
+
+
+class BadRequest(ServiceError, ValueError):
+    """The request cannot be parsed (e.g. malformed JSON)."""
+
+    title = "Bad request"
+
+
+class Invalid(ServiceError, ValueError):
+    """The request parses but its content is not acceptable."""
+
+    title = "Invalid request"
+
+
+class TooLarge(ServiceError, ValueError):
+    """The request body is over its limit."""
+
+    title = "Request body too large"
+
+
+class UnsupportedMediaType(ServiceError, ValueError):
+    """The request body is not of a type the route accepts."""
+
+    title = "Unsupported media type"
+
+
+class JobNotFound(ServiceError, LookupError):
+    """No such job, or not the caller's: the two look the same from outside."""
+
+    title = "Job not found"
+
+
+class NotFound(ServiceError, LookupError):
+    """No such resource (other than a job)."""
+
+    title = "Not found"
+
+
+class Conflict(ServiceError):
+    """The job is in a state that does not allow the request (e.g. cancel a finished job)."""
+
+    title = "Conflict"
+
+
+class Overloaded(ServiceError):
+    """A pool is full: the work is refused now, and may be retried later."""
+
+    title = "Overloaded"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(ServiceError):
+    """The job store cannot take writes: nothing is accepted until it can."""
+
+    title = "Job store unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDown(StoreUnavailable):
+    """This worker is draining and accepts no new jobs."""
+
+    title = "Shutting down"

@@ -1,0 +1,26 @@
+"""Job ids: 128 bits, time-ordered (48-bit milliseconds) then 80 random bits, base32."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's base32, lower case
+ID_LENGTH = 26  # ceil(128 / 5)
+RANDOM_BITS = 80
+
+
+def new_id(clock: Callable[[], float] = time.time) -> str:
+    """A fresh id; sorting ids as strings sorts them by creation millisecond."""
+    value = (int(clock() * 1000) << RANDOM_BITS) | secrets.randbits(RANDOM_BITS)
+    chars = []
+    for _ in range(ID_LENGTH):
+        value, digit = divmod(value, 32)
+        chars.append(ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def is_valid(text: str) -> bool:
+    """Whether ``text`` has the shape of an id (cheap check before any store lookup)."""
+    return len(text) == ID_LENGTH and all(c in ALPHABET for c in text) and text[0] <= "7"

@@ -1,0 +1,74 @@
+"""The job record: one row of the store, and its public document."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from service.jobs.state import JobState
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as the store keeps it. ``items`` is set for a batch (one task per item)."""
+
+    id: str
+    name: str
+    owner: str
+    state: JobState
+    created_at: float
+    args: dict[str, Any]
+    items: list[Any] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    error: str | None = None
+    result: Any = None
+    done: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int | None:
+        return None if self.items is None else len(self.items)
+
+    def replace(self, **changes: Any) -> JobRecord:
+        return dataclasses.replace(self, **changes)
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document ``GET /v1/jobs/{id}`` answers with."""
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "job": self.name,
+            "state": self.state.value,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "attempts": self.attempts,
+            "error": self.error,
+        }
+        if self.items is not None:
+            doc["items"] = {"total": len(self.items), "done": self.done, "failed": self.failed}
+        return doc
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    import datetime as dt
+
+    return (
+        dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """The result of one item of a batch: ``key`` names it for later look-up."""
+
+    index: int
+    key: str | None
+    ok: bool
+    value: Any

@@ -1,0 +1,87 @@
+"""The job registry: a job is a named, module-level function declared with its pool.
+
+Adding an endpoint never means adding a pool: declare the function with :func:`job` and
+submit it by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+Pool = Literal["io", "cpu"]
+POOLS: tuple[Pool, ...] = ("io", "cpu")
+DEFAULT_TIMEOUT_S = 60.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the job layer needs to know to run a job."""
+
+    name: str
+    fn: Callable[..., Any]
+    pool: Pool
+    timeout_s: float
+    #: For batch jobs: names an item's result for later look-up (e.g. a parcel's id).
+    item_key: Callable[[Any], str] | None = None
+
+
+class Registry:
+    """Job specs by name."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, JobSpec] = {}
+
+    def add(self, spec: JobSpec) -> None:
+        if spec.pool not in POOLS:
+            raise ValueError(f"job {spec.name!r}: pool must be one of {POOLS}, not {spec.pool!r}")
+        if spec.timeout_s <= 0:
+            raise ValueError(f"job {spec.name!r}: timeout must be positive")
+        known = self._specs.get(spec.name)
+        if known is not None and known.fn is not spec.fn:
+            raise ValueError(f"job {spec.name!r} is already registered to {known.fn!r}")
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> JobSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise LookupError(f"no job named {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def job(
+        self,
+        name: str,
+        *,
+        pool: Pool,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        item_key: Callable[[Any], str] | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator: register a module-level function as the job ``name``.
+
+        ``timeout`` is seconds per call (for a batch, per item). The function takes and
+        returns plain data (it may cross into another process and is stored for re-runs).
+        """
+
+        def register(fn: F) -> F:
+            if "<locals>" in fn.__qualname__:
+                # A cpu job crosses into another process by name; a closure cannot.
+                raise ValueError(f"job {name!r}: {fn.__qualname__} must be module-level")
+            self.add(
+                JobSpec(name=name, fn=fn, pool=pool, timeout_s=float(timeout), item_key=item_key)
+            )
+            return fn
+
+        return register
+
+
+registry = Registry()
+job = registry.job

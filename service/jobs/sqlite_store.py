@@ -1,0 +1,508 @@
+"""The embedded store: SQLite in WAL mode, one file per gunicorn worker, on local disk.
+
+Why a file per worker: two processes writing one file wait on each other's lock. Each
+worker claims a shard (``jobs-N.db``) with an exclusive ``flock``; the worker that replaces
+a dead one claims the same shard and runs its unfinished jobs. Every worker can read every
+shard, so ``GET /v1/jobs/{id}`` works whichever worker the request lands on.
+
+Why commits on the event loop: writes gathered during one loop tick go into one
+transaction; with WAL and ``synchronous=NORMAL`` a commit appends to the WAL without fsync,
+which is short CPU work. The fsyncs happen in checkpoints, which run on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import pickle
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from service.errors import StoreUnavailable
+from service.jobs.record import ItemOutcome, JobRecord
+from service.jobs.state import JobState
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+CHECKPOINT_INTERVAL_S = 0.5
+PURGE_BATCH = 2000
+INTERRUPTED = "interrupted: the process running it stopped"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    args BLOB NOT NULL,
+    items BLOB,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    result BLOB
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state) WHERE state IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS items (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    key TEXT,
+    ok INTEGER NOT NULL,
+    value BLOB,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_key ON items (name, owner, key, job_id) WHERE key IS NOT NULL;
+"""
+
+COLUMNS = (
+    "id, name, owner, state, created_at, started_at, finished_at, attempts, error, "
+    "args, items, done, failed, result"
+)
+UNFINISHED_SQL = f"SELECT {COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY id"
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+def _dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _row(row: tuple[Any, ...]) -> JobRecord:
+    (id_, name, owner, state, created, started, finished, attempts, error, args, items,
+     done, failed, result) = row  # fmt: skip
+    return JobRecord(
+        id=id_,
+        name=name,
+        owner=owner,
+        state=JobState(state),
+        created_at=created,
+        started_at=started,
+        finished_at=finished,
+        attempts=attempts,
+        error=error,
+        args=pickle.loads(args),
+        items=None if items is None else pickle.loads(items),
+        done=done,
+        failed=failed,
+        result=None if result is None else pickle.loads(result),
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class SqliteStore:
+    """The :class:`~service.jobs.store.Store` on SQLite shards under ``directory``."""
+
+    def __init__(self, directory: Path, *, result_ttl_s: float, result_max: int) -> None:
+        self.directory = directory
+        self.result_ttl_s = result_ttl_s
+        self.result_max = result_max
+        self.slot = -1
+        self._lock_fd: int | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._readers: dict[Path, sqlite3.Connection] = {}
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_checkpoints = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def _path(self, shard: int) -> Path:
+        return self.directory / f"jobs-{shard}.db"
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shard, fd = self._claim()
+            conn = _connect(self._path(shard))
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run on a thread
+            conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as ex:
+            raise StoreUnavailable(f"cannot open the job store in {self.directory}: {ex}") from ex
+        self.slot, self._lock_fd, self._conn = shard, fd, conn
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="jobpool-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+        log.info("job store shard %s claimed in %s", shard, self.directory)
+
+    def _claim(self) -> tuple[int, int]:
+        shard = 0
+        while True:
+            fd = os.open(self.directory / f"jobs-{shard}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                shard += 1
+                continue
+            return shard, fd
+
+    async def close(self) -> None:
+        if self._pending:
+            self._flush()
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.join, 5)
+        for conn in self._readers.values():
+            conn.close()
+        self._readers.clear()
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the shard for the next worker
+            self._lock_fd = None
+
+    def _checkpoint_loop(self) -> None:
+        conn = _connect(self._path(self.slot))
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as ex:
+                    log.warning("checkpoint failed: %s", ex)
+        finally:
+            conn.close()
+
+    # -- grouped writes ---------------------------------------------------------------
+
+    def _write(self, op: Op) -> asyncio.Future[Any]:
+        if self._conn is None or self._loop is None:
+            raise StoreUnavailable("the job store is closed")
+        future = self._loop.create_future()
+        self._pending.append((op, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        ops, self._pending = self._pending, []
+        if not ops:
+            return
+        conn = self._conn
+        results: list[Any] = []
+        try:
+            if conn is None:
+                raise sqlite3.OperationalError("the job store is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = [op(conn) for op, _ in ops]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as ex:
+            log.error("job store write failed: %s", ex)
+            error = StoreUnavailable(f"the job store cannot write: {ex}")
+            for _, future in ops:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(ops, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    # -- the Store interface ----------------------------------------------------------
+
+    async def add(self, record: JobRecord) -> None:
+        items = None if record.items is None else _dumps(record.items)
+        params = (
+            record.id, record.name, record.owner, record.state.value, record.created_at,
+            record.attempts, _dumps(record.args), items,
+        )  # fmt: skip
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO jobs (id, name, owner, state, created_at, attempts, args, items)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+
+        await self._write(op)
+
+    async def start(self, job_id: str, now: float) -> JobRecord | None:
+        def op(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute(
+                f"UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1"
+                f" WHERE id = ? AND state = 'queued' RETURNING {COLUMNS}",
+                (now, job_id),
+            ).fetchone()
+            return None if row is None else _row(row)
+
+        result: JobRecord | None = await self._write(op)
+        return result
+
+    async def progress(self, job_id: str, outcomes: list[ItemOutcome]) -> None:
+        if not outcomes:
+            return
+        rows = []
+        done = failed = 0
+        for o in outcomes:
+            rows.append((job_id, o.index, o.key, int(o.ok), _dumps(o.value), job_id))
+            if o.ok:
+                done += 1
+            else:
+                failed += 1
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO items (job_id, idx, name, owner, key, ok, value)"
+                " SELECT ?, ?, name, owner, ?, ?, ? FROM jobs WHERE id = ?",
+                rows,
+            )
+            conn.execute(
+                "UPDATE jobs SET done = (SELECT count(*) FROM items WHERE job_id = ? AND ok),"
+                " failed = (SELECT count(*) FROM items WHERE job_id = ? AND NOT ok)"
+                " WHERE id = ?",
+                (job_id, job_id, job_id),
+            )
+
+        await self._write(op)
+
+    async def finish(
+        self, job_id: str, state: JobState, now: float, *, result: Any = None, error: str | None
+    ) -> None:
+        blob = None if result is None else _dumps(result)
+        if blob is not None and len(blob) > self.result_max:
+            state = JobState.FAILED
+            error = f"the result ({len(blob)} bytes) is over JOBPOOL_RESULT_MAX ({self.result_max})"
+            blob = None
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?"
+                " WHERE id = ? AND state IN ('running', 'queued')",
+                (state.value, now, error, blob, job_id),
+            )
+
+        await self._write(op)
+
+    async def requeue(self, job_id: str, *, error: str | None) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', error = ? WHERE id = ? AND state = 'running'",
+                (error, job_id),
+            )
+
+        await self._write(op)
+
+    async def cancel(self, job_id: str, now: float) -> JobState | None:
+        path = await self._locate(job_id)
+        if path is None:
+            return None
+        if path == self._own_path():
+
+            def op(conn: sqlite3.Connection) -> JobState | None:
+                return _cancel(conn, job_id, now)
+
+            state: JobState | None = await self._write(op)
+            return state
+        # Another worker's shard: a short write under its lock, off the loop.
+        return await asyncio.to_thread(_cancel_in_file, path, job_id, now)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        for conn in self._search_order():
+            row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None:
+                return _row(row)
+        return None
+
+    async def get_item(self, name: str, owner: str, key: str) -> Any | None:
+        best: tuple[str, bytes] | None = None
+        for conn in self._search_order():
+            row = conn.execute(
+                "SELECT job_id, value FROM items WHERE name = ? AND owner = ? AND key = ? AND ok"
+                " ORDER BY job_id DESC LIMIT 1",
+                (name, owner, key),
+            ).fetchone()
+            if row is not None and (best is None or row[0] > best[0]):
+                best = row
+        return None if best is None else pickle.loads(best[1])
+
+    async def unfinished(self) -> list[JobRecord]:
+        def op(conn: sqlite3.Connection) -> list[JobRecord]:
+            _interrupt(conn)
+            return [_row(r) for r in conn.execute(UNFINISHED_SQL).fetchall()]
+
+        records: list[JobRecord] = await self._write(op)
+        return records
+
+    async def adopt_orphans(self) -> list[JobRecord]:
+        own = self._own_path()
+        adopted: list[JobRecord] = []
+        for path in sorted(self.directory.glob("jobs-*.db")):
+            if path != own:
+                adopted.extend(await asyncio.to_thread(_adopt, path, own))
+        return adopted
+
+    async def purge(self, now: float) -> int:
+        cutoff = now - self.result_ttl_s
+
+        def op(conn: sqlite3.Connection) -> int:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM jobs WHERE finished_at < ? LIMIT ?", (cutoff, PURGE_BATCH)
+                )
+            ]
+            conn.executemany("DELETE FROM items WHERE job_id = ?", [(i,) for i in ids])
+            conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+            return len(ids)
+
+        purged: int = await self._write(op)
+        return purged
+
+    async def ping(self) -> None:
+        if self._conn is None:
+            raise StoreUnavailable("the job store is closed")
+        try:
+            self._conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        except sqlite3.Error as ex:
+            raise StoreUnavailable(f"the job store cannot be read: {ex}") from ex
+
+    # -- reading across shards --------------------------------------------------------
+
+    def _own_path(self) -> Path:
+        return self._path(self.slot)
+
+    def _search_order(self) -> list[sqlite3.Connection]:
+        if self._conn is None:
+            raise StoreUnavailable("the job store is closed")
+        conns = [self._conn]
+        own = self._own_path()
+        for path in sorted(self.directory.glob("jobs-*.db")):
+            if path == own:
+                continue
+            conn = self._readers.get(path)
+            if conn is None:
+                try:
+                    conn = _connect(path)
+                except sqlite3.Error:
+                    continue
+                self._readers[path] = conn
+            conns.append(conn)
+        return conns
+
+    async def _locate(self, job_id: str) -> Path | None:
+        own = self._own_path()
+        for conn in self._search_order():
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                return own if conn is self._conn else self._reader_path(conn)
+        return None
+
+    def _reader_path(self, conn: sqlite3.Connection) -> Path:
+        for path, reader in self._readers.items():
+            if reader is conn:
+                return path
+        raise LookupError("unknown connection")
+
+
+def _interrupt(conn: sqlite3.Connection) -> None:
+    """Jobs left running by a process that is gone go back to the queue."""
+    conn.execute(
+        "UPDATE jobs SET state = 'queued', error = ? WHERE state = 'running'",
+        (INTERRUPTED,),
+    )
+
+
+def _cancel(conn: sqlite3.Connection, job_id: str, now: float) -> JobState | None:
+    conn.execute(
+        "UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'",
+        (now, job_id),
+    )
+    row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else JobState(row[0])
+
+
+def _cancel_in_file(path: Path, job_id: str, now: float) -> JobState | None:
+    conn = _connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        state = _cancel(conn, job_id, now)
+        conn.execute("COMMIT")
+        return state
+    finally:
+        conn.close()
+
+
+def _adopt(path: Path, own: Path) -> list[JobRecord]:
+    """Move the unfinished jobs of an unclaimed shard into ours (runs on a thread)."""
+    lock_path = path.with_suffix(".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []  # a live worker holds it
+        orphan = _connect(path)
+        try:
+            if not orphan.execute(UNFINISHED_SQL).fetchone():
+                return []
+            orphan.execute("BEGIN IMMEDIATE")
+            _interrupt(orphan)
+            rows = orphan.execute(UNFINISHED_SQL).fetchall()
+            orphan.execute("COMMIT")
+            ids = [(r[0],) for r in rows]
+            item_rows = [
+                row
+                for (job_id,) in ids
+                for row in orphan.execute(
+                    "SELECT job_id, idx, name, owner, key, ok, value FROM items WHERE job_id = ?",
+                    (job_id,),
+                )
+            ]
+            mine = _connect(own)
+            try:
+                # Ours first, then theirs: a crash in between runs a job twice (at least
+                # once), never zero times.
+                mine.execute("BEGIN IMMEDIATE")
+                mine.executemany(
+                    f"INSERT OR IGNORE INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                    rows,
+                )
+                mine.executemany(
+                    "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", item_rows
+                )
+                mine.execute("COMMIT")
+            finally:
+                mine.close()
+            orphan.execute("BEGIN IMMEDIATE")
+            orphan.executemany("DELETE FROM items WHERE job_id = ?", ids)
+            orphan.executemany("DELETE FROM jobs WHERE id = ?", ids)
+            orphan.execute("COMMIT")
+            log.warning("adopted %d unfinished jobs from %s", len(rows), path.name)
+            return [_row(r) for r in rows]
+        finally:
+            orphan.close()
+    finally:
+        os.close(fd)

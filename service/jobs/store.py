@@ -1,0 +1,57 @@
+"""The job store interface. Every backend (SQLite on one host, Redis for a fleet) has it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from service.jobs.record import ItemOutcome, JobRecord
+from service.jobs.state import JobState
+
+
+class Store(Protocol):
+    """Durable job state. Writes resolve only once they are committed."""
+
+    #: This worker's slot on its host (0, 1, ...), claimed by :meth:`open`.
+    slot: int
+
+    async def open(self) -> None:
+        """Claim this worker's part of the store and make it ready."""
+
+    async def close(self) -> None: ...
+
+    async def add(self, record: JobRecord) -> None:
+        """Store a new queued job; return once it is durable (the 202 waits for this)."""
+
+    async def start(self, job_id: str, now: float) -> JobRecord | None:
+        """queued → running (attempts + 1); None if it is no longer queued (cancelled)."""
+
+    async def progress(self, job_id: str, outcomes: list[ItemOutcome]) -> None:
+        """Record finished items of a batch job."""
+
+    async def finish(
+        self, job_id: str, state: JobState, now: float, *, result: Any = None, error: str | None
+    ) -> None:
+        """running → a final state, with the result or the error."""
+
+    async def requeue(self, job_id: str, *, error: str | None) -> None:
+        """running → queued: its run was cut off and it will run again."""
+
+    async def cancel(self, job_id: str, now: float) -> JobState | None:
+        """queued → cancelled; return the state after the attempt (None: no such job)."""
+
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    async def get_item(self, name: str, owner: str, key: str) -> Any | None:
+        """The newest successful item result of job ``name`` with ``key`` for ``owner``."""
+
+    async def unfinished(self) -> list[JobRecord]:
+        """Jobs of this worker's part that are queued or running (to run after a restart)."""
+
+    async def adopt_orphans(self) -> list[JobRecord]:
+        """Unfinished jobs of parts nobody holds any more, now this worker's to run."""
+
+    async def purge(self, now: float) -> int:
+        """Delete finished jobs older than the result TTL; return how many."""
+
+    async def ping(self) -> None:
+        """Raise if the store cannot be used (readiness)."""

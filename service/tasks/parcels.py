@@ -1,0 +1,102 @@
+"""Parcels: the seed's batch of ``{"id", "time", "data"}`` items, one io task per item."""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import random
+import re
+import time
+from typing import Any
+
+from service.errors import Invalid
+from service.jobs.registry import job
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_ERRORS = 20
+FIELDS = frozenset({"id", "time", "data"})
+# RFC 3339 section 5.6 date-time: a "T" (either case), optional fraction, and a "Z" or a
+# numeric offset. datetime.fromisoformat alone also takes dates, week dates, no offset...
+_DATE_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:[Zz]|[+-](\d{2}):(\d{2}))"
+)
+
+
+def is_rfc3339(text: str) -> bool:
+    """Whether ``text`` is a valid RFC 3339 date-time (ranges checked, leap seconds too)."""
+    m = _DATE_TIME.fullmatch(text)
+    if m is None:
+        return False
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return False
+    if hour > 23 or minute > 59 or second > 60:
+        return False
+    oh, om = m.group(7), m.group(8)
+    return oh is None or (int(oh) <= 23 and int(om) <= 59)
+
+
+def parse_batch(body: Any, *, max_items: int) -> list[dict[str, str]]:
+    """The items of a batch body, each checked; :class:`Invalid` lists what is wrong."""
+    if not isinstance(body, dict) or "Data" not in body:
+        raise Invalid('the body must be an object with a "Data" array')
+    data = body["Data"]
+    if not isinstance(data, list):
+        raise Invalid(
+            '"Data" must be an array', errors=[{"pointer": "/Data", "detail": "not an array"}]
+        )
+    if not data:
+        raise Invalid('"Data" is empty: a batch has at least one item')
+    if len(data) > max_items:
+        raise Invalid(
+            f'"Data" has {len(data)} items; at most {max_items} are allowed (JOBPOOL_BATCH_MAX)'
+        )
+    problems: list[dict[str, str]] = []
+    for i, item in enumerate(data):
+        where = f"/Data/{i}"
+        if not isinstance(item, dict):
+            problems.append({"pointer": where, "detail": "not an object"})
+            continue
+        pid, when, payload = item.get("id"), item.get("time"), item.get("data")
+        if not isinstance(pid, str) or not pid:
+            problems.append({"pointer": f"{where}/id", "detail": "must be a non-empty string"})
+        if not isinstance(when, str) or not is_rfc3339(when):
+            problems.append(
+                {"pointer": f"{where}/time", "detail": f"{when!r} is not an RFC 3339 date-time"}
+            )
+        if not isinstance(payload, str):
+            problems.append({"pointer": f"{where}/data", "detail": "must be a string"})
+        extra = item.keys() - FIELDS
+        if extra:
+            problems.append({"pointer": where, "detail": f"unknown fields {sorted(extra)}"})
+        if len(problems) >= MAX_REPORTED_ERRORS:
+            break
+    if problems:
+        first = problems[0]
+        raise Invalid(
+            f"{len(problems)} problem(s) in the batch; first: {first['pointer']}: "
+            f"{first['detail']}",
+            errors=problems,
+        )
+    return data
+
+
+def parcel_key(item: dict[str, str]) -> str:
+    return item["id"]
+
+
+@job("parcel", pool="io", timeout=30, item_key=parcel_key)
+def store_parcel(item: dict[str, str], *, latency_ms: list[int] | None = None) -> dict[str, str]:
+    """Store one parcel. Its own ``item`` comes in as an argument, never a shared variable:
+    the seed's loop-pointer bug has no twin here."""
+    started = time.perf_counter()
+    if latency_ms:
+        time.sleep(random.uniform(latency_ms[0], latency_ms[1]) / 1000)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "Task: Completed for Parcel %s (%.1fms)",
+            item["id"],
+            (time.perf_counter() - started) * 1000,
+        )
+    return item
