@@ -10,11 +10,26 @@ import sys
 from service.config import Settings
 from service.errors import ConfigError
 
+
+def _state_dir_problem(path):
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as ex:
+        return f"JOBPOOL_STATE_DIR: {path} is not writable: {ex}"
+    return None
+
+
 try:
     settings = Settings.from_env()
 except ConfigError as ex:
     # One line naming the variable, then stop: no traceback to dig through.
     print(f"jobpool: {ex.detail}", file=sys.stderr)
+    sys.exit(2)
+if problem := _state_dir_problem(settings.state_dir):
+    print(f"jobpool: {problem}", file=sys.stderr)
     sys.exit(2)
 
 wsgi_app = "service.asgi:app"
@@ -41,19 +56,16 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 
 
-def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
-    """Refuse to start when the state directory cannot be written: one clear line."""
-    try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        probe = settings.state_dir / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as ex:
-        print(f"jobpool: JOBPOOL_STATE_DIR: {settings.state_dir} is not writable: {ex}",
-              file=sys.stderr)  # fmt: skip
-        sys.exit(2)
-
-
-def post_fork(server, worker):  # noqa: ARG001 - gunicorn's hook signature
-    """Tell the worker how many siblings share the host's cpu budget (CLI -w included)."""
+def post_fork(server, worker):
+    """Tell the worker how many siblings share the host's cpu budget (CLI -w included), and
+    start the app's job drain the moment SIGTERM arrives (see service/signals.py)."""
     os.environ["JOBPOOL__GUNICORN_WORKERS"] = str(server.cfg.workers)
+    stop_accepting = worker.handle_exit_signal
+
+    def handle_exit_signal():
+        stop_accepting()
+        from service import signals
+
+        signals.terminate()
+
+    worker.handle_exit_signal = handle_exit_signal

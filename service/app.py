@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import falcon
 import falcon.asgi
 
+from service import signals
 from service.api import problems
 from service.api.health import Healthz, Readyz
 from service.api.jobs import JobResource, JobResultResource
@@ -50,6 +53,7 @@ class Service:
             max_attempts=s.max_attempts,
             janitor_interval_s=s.janitor_interval_s,
         )
+        self._stopping: asyncio.Future[None] | None = None
 
     def _cpu_pool(self, slot: int) -> CpuPool:
         s = self.settings
@@ -65,9 +69,16 @@ class Service:
     async def start(self) -> None:
         await self.layer.start()
 
+    def begin_stop(self) -> None:
+        """Start draining now (SIGTERM); the lifespan shutdown awaits the same drain."""
+        if self._stopping is None:
+            drain = max(1.0, self.settings.graceful_timeout_s - DRAIN_MARGIN_S)
+            self._stopping = asyncio.ensure_future(self.layer.close(drain_s=drain))
+
     async def stop(self) -> None:
-        drain = max(1.0, self.settings.graceful_timeout_s - DRAIN_MARGIN_S)
-        await self.layer.close(drain_s=drain)
+        self.begin_stop()
+        assert self._stopping is not None
+        await self._stopping
 
     async def ping_store(self) -> None:
         await self.layer.store.ping()
@@ -77,14 +88,24 @@ class Service:
             raise ShuttingDown("draining")
 
 
+Extension = Callable[["falcon.asgi.App[Any, Any]", JobLayer, Settings], None]
+
+
 def create_app(
-    settings: Settings | None = None, *, jobs: Registry = registry
+    settings: Settings | None = None,
+    *,
+    jobs: Registry = registry,
+    extend: Extension | None = None,
 ) -> falcon.asgi.App[Any, Any]:
-    """Build the ASGI app for one worker. Pools and store start with the ASGI lifespan."""
+    """Build the ASGI app for one worker. Pools and store start with the ASGI lifespan.
+
+    ``extend(app, layer, settings)`` may add routes of a deployment's own.
+    """
     settings = settings or Settings.from_env()
     for module in TASK_MODULES:
         importlib.import_module(module)
     service = Service(settings, jobs)
+    signals.on_terminate(service.begin_stop)
     layer = service.layer
     middleware: list[Any] = [RequestId(), Lifecycle(service.start, service.stop)]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
@@ -98,4 +119,6 @@ def create_app(
     app.add_route("/v1/parcels/{parcel_id}", ParcelResource(layer))
     app.add_route("/v1/jobs/{job_id}", JobResource(layer))
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
+    if extend is not None:
+        extend(app, layer, settings)
     return app

@@ -9,6 +9,7 @@ from collections.abc import Callable
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's base32, lower case
 ID_LENGTH = 26  # ceil(128 / 5)
 RANDOM_BITS = 80
+ID_TIME_CHARS = 10  # the first 10 characters hold the 48-bit millisecond time (50 bits)
 
 
 def new_id(clock: Callable[[], float] = time.time) -> str:

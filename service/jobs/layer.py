@@ -2,13 +2,15 @@
 
 One ``JobLayer`` per gunicorn worker. Endpoints call :meth:`JobLayer.submit` (or
 :meth:`JobLayer.submit_batch`) with a job's name; the layer picks the pool the job was
-declared with. A job is stored before it is acknowledged, marked running only when a thread
-or process is free for it, and its outcome is stored when it ends.
+declared with. A job is stored before it is acknowledged. When a thread or process is free
+at that moment it is stored already running (one write, not two); otherwise it is stored
+queued and waits its turn in its pool's lane, first come first served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -20,12 +22,14 @@ from service.ids import new_id
 from service.jobs.admission import Admission
 from service.jobs.cpu_pool import CpuPool, ProcessDied, TaskTimeout
 from service.jobs.io_pool import IoPool
-from service.jobs.record import ItemOutcome, JobRecord
+from service.jobs.record import BatchProgress, JobRecord
 from service.jobs.registry import JobSpec, Pool, Registry
 from service.jobs.state import JobState
 from service.jobs.store import Store
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_REQUEUE_S = 5.0
 
 
 def run_items(
@@ -76,6 +80,19 @@ class _Slots:
             self.count = 0
 
 
+class _Lane:
+    """A pool's running jobs (at most ``limit``) and the jobs waiting for a place."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self.waiting: collections.deque[tuple[JobRecord, _Slots]] = collections.deque()
+
+    @property
+    def has_room(self) -> bool:
+        return self.running < self.limit and not self.waiting
+
+
 class JobLayer:
     """Submit jobs by name; they run on the pool their declaration names."""
 
@@ -107,12 +124,9 @@ class JobLayer:
             "io": Admission("io", io_queue_max, wait_s=admission_wait_s),
             "cpu": Admission("cpu", cpu_queue_max, wait_s=admission_wait_s),
         }
-        # Jobs running at once: a job is "running" only once a thread or process is its.
-        self._running_limit: dict[Pool, asyncio.Semaphore] = {
-            "io": asyncio.Semaphore(io_pool.threads),
-        }
+        self._lanes: dict[Pool, _Lane] = {"io": _Lane(io_pool.threads), "cpu": _Lane(1)}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._finished: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._janitor: asyncio.Task[None] | None = None
         self.draining = False
 
@@ -124,12 +138,16 @@ class JobLayer:
         # The worker's slot on the host is known once the store is claimed; the cpu budget
         # of the host is shared out by slot.
         self._cpu = self._cpu_pool_factory(self.store.slot)
-        self._running_limit["cpu"] = asyncio.Semaphore(self._cpu.processes)
+        self._lanes["cpu"] = _Lane(self._cpu.processes)
         self._resume(await self.store.unfinished())
         self._janitor = asyncio.create_task(self._janitor_loop(), name="jobpool-janitor")
 
     async def close(self, *, drain_s: float) -> None:
-        """Stop taking jobs; let running ones finish within ``drain_s``; requeue the rest."""
+        """Stop taking jobs; let running ones finish within ``drain_s``; requeue the rest.
+
+        Jobs still waiting in a lane are already queued in the store: the next start (of
+        this worker's slot, or a janitor adopting it) runs them.
+        """
         self.draining = True
         if self._janitor is not None:
             self._janitor.cancel()
@@ -142,23 +160,27 @@ class JobLayer:
                 task.cancel()
             if late:
                 log.warning("%d jobs still running at shutdown: requeued", len(late))
-                await asyncio.wait(late, timeout=5)
+                await asyncio.wait(late, timeout=SHUTDOWN_REQUEUE_S)
         self.io.close(wait=False)
         if self._cpu is not None:
             self._cpu.close(wait=False)
         await self.store.close()
 
+    @property
+    def cpu(self) -> CpuPool:
+        if self._cpu is None:
+            raise RuntimeError("the job layer has not started")
+        return self._cpu
+
     def _resume(self, records: list[JobRecord]) -> None:
         for record in records:
             slots = len(record.items) if record.items is not None else 1
-            pool = self._spec_pool(record.name)
+            pool = self.registry.get(record.name).pool if record.name in self.registry else "io"
             self.admission[pool].force(slots)  # already accepted: never refused now
-            self._launch(record, _Slots(self.admission[pool], slots))
+            self._lanes[pool].waiting.append((record, _Slots(self.admission[pool], slots)))
+            self._pump(pool)
         if records:
             log.warning("resuming %d unfinished jobs", len(records))
-
-    def _spec_pool(self, name: str) -> Pool:
-        return self.registry.get(name).pool if name in self.registry else "io"
 
     async def _janitor_loop(self) -> None:
         while True:
@@ -170,12 +192,6 @@ class JobLayer:
                 log.error("janitor: %s", ex.detail)
             except Exception:
                 log.exception("janitor failed")
-
-    @property
-    def cpu(self) -> CpuPool:
-        if self._cpu is None:
-            raise RuntimeError("the job layer has not started")
-        return self._cpu
 
     # -- submitting -------------------------------------------------------------------
 
@@ -197,24 +213,39 @@ class JobLayer:
     ) -> JobRecord:
         if self.draining:
             raise ShuttingDown("this worker is shutting down; retry on another")
-        slots = 1 if items is None else len(items)
+        count = 1 if items is None else len(items)
         admission = self.admission[spec.pool]
-        await admission.acquire(slots)
+        await admission.acquire(count)
+        slots = _Slots(admission, count)
+        lane = self._lanes[spec.pool]
+        now = self.clock()
+        starts_now = lane.has_room
+        if starts_now:
+            lane.running += 1  # held while the row is written, so no one else takes it
         record = JobRecord(
             id=self.new_id(),
             name=spec.name,
             owner=owner,
-            state=JobState.QUEUED,
-            created_at=self.clock(),
+            state=JobState.RUNNING if starts_now else JobState.QUEUED,
+            created_at=now,
+            started_at=now if starts_now else None,
+            attempts=1 if starts_now else 0,
             args=args,
             items=items,
         )
         try:
             await self.store.add(record)
         except BaseException:
-            admission.release(slots)
+            slots.release()
+            if starts_now:
+                lane.running -= 1
+                self._pump(spec.pool)
             raise
-        self._launch(record, _Slots(admission, slots))
+        if starts_now:
+            self._spawn(spec.pool, record, slots, started=True)
+        else:
+            lane.waiting.append((record, slots))
+            self._pump(spec.pool)
         return record
 
     # -- reading ----------------------------------------------------------------------
@@ -223,45 +254,53 @@ class JobLayer:
         return await self.store.get(job_id)
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
-        """The job once final, or as it is after ``timeout_s``."""
-        event = self._finished.get(job_id)
-        if event is not None and timeout_s > 0:
+        """The job once final, or as it is after ``timeout_s`` (only this worker's jobs)."""
+        if job_id in self._tasks or self._is_waiting(job_id):
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(job_id, []).append(future)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout_s)
+                await asyncio.wait_for(future, timeout_s)
         return await self.store.get(job_id)
+
+    def _is_waiting(self, job_id: str) -> bool:
+        return any(r.id == job_id for lane in self._lanes.values() for r, _ in lane.waiting)
 
     async def cancel(self, job_id: str) -> JobState | None:
         return await self.store.cancel(job_id, self.clock())
 
     # -- running ----------------------------------------------------------------------
 
-    def _launch(self, record: JobRecord, slots: _Slots) -> None:
-        self._finished[record.id] = asyncio.Event()
-        task = asyncio.create_task(self._run(record, slots))
+    def _pump(self, pool: Pool) -> None:
+        """Start waiting jobs while the pool has room."""
+        lane = self._lanes[pool]
+        while lane.waiting and lane.running < lane.limit and not self.draining:
+            record, slots = lane.waiting.popleft()
+            lane.running += 1
+            self._spawn(pool, record, slots, started=False)
+
+    def _spawn(self, pool: Pool, record: JobRecord, slots: _Slots, *, started: bool) -> None:
+        task = asyncio.create_task(self._run(record, slots, started=started))
         self._tasks[record.id] = task
-        task.add_done_callback(lambda _t: self._ended(record.id))
+        task.add_done_callback(lambda _t: self._ended(pool, record.id))
 
-    def _ended(self, job_id: str) -> None:
+    def _ended(self, pool: Pool, job_id: str) -> None:
         self._tasks.pop(job_id, None)
-        event = self._finished.pop(job_id, None)
-        if event is not None:
-            event.set()
+        for future in self._waiters.pop(job_id, ()):
+            if not future.done():
+                future.set_result(None)
+        self._lanes[pool].running -= 1
+        self._pump(pool)
 
-    async def _run(self, record: JobRecord, slots: _Slots) -> None:
+    async def _run(self, record: JobRecord, slots: _Slots, *, started: bool) -> None:
         try:
-            spec = self.registry.get(record.name)
-        except LookupError as ex:
-            slots.release()
-            await self._finish(record.id, JobState.FAILED, error=str(ex))
-            return
-        try:
-            async with self._running_limit[spec.pool]:
-                if self.draining:
-                    return  # stays queued in the store for the next start
-                started = await self.store.start(record.id, self.clock())
-                if started is None:
+            if not started:
+                now = self.clock()
+                if not await self.store.start(record.id, now):
                     return  # cancelled while it waited
-                await self._execute(spec, started, slots)
+                record = record.replace(
+                    state=JobState.RUNNING, started_at=now, attempts=record.attempts + 1
+                )
+            await self._execute(record, slots)
         except asyncio.CancelledError:
             # Shutdown cut the run short: it runs again at the next start.
             with contextlib.suppress(StoreUnavailable):
@@ -272,12 +311,17 @@ class JobLayer:
         finally:
             slots.release()
 
-    async def _execute(self, spec: JobSpec, record: JobRecord, slots: _Slots) -> None:
+    async def _execute(self, record: JobRecord, slots: _Slots) -> None:
+        try:
+            spec = self.registry.get(record.name)
+        except LookupError as ex:
+            await self._finish(record, JobState.FAILED, error=str(ex))
+            return
         if record.attempts > self.max_attempts:
             reason = f"gave up after {self.max_attempts} attempts"
             if record.error:
                 reason += f" (last: {record.error})"
-            await self._finish(record.id, JobState.FAILED, error=reason)
+            await self._finish(record, JobState.FAILED, error=reason)
             return
         if record.items is not None:
             await self._execute_batch(spec, record, slots)
@@ -293,53 +337,77 @@ class JobLayer:
                 except TimeoutError:
                     raise TaskTimeout(f"timed out after {spec.timeout_s:g} s") from None
         except (TaskTimeout, ProcessDied) as ex:
-            await self._finish(record.id, JobState.FAILED, error=str(ex))
+            await self._finish(record, JobState.FAILED, error=str(ex))
         except Exception as ex:
-            await self._finish(record.id, JobState.FAILED, error=describe(ex))
+            await self._finish(record, JobState.FAILED, error=describe(ex))
         else:
-            await self._finish(record.id, JobState.SUCCEEDED, result=result)
+            await self._finish(record, JobState.SUCCEEDED, result=result)
 
     async def _execute_batch(self, spec: JobSpec, record: JobRecord, slots: _Slots) -> None:
         assert record.items is not None
         items = record.items
         # Spread over idle threads when there are any; under load run together, which
         # costs one hand-off per batch instead of one per item.
-        parts = max(1, min(len(items), self.io.idle))
-        chunks = split(items, parts)
+        chunks = split(items, max(1, min(len(items), self.io.idle)))
         futures: dict[asyncio.Future[Any], list[tuple[int, Any]]] = {}
         for chunk in chunks:
             future = self.io.submit(run_items, spec.fn, chunk, record.args)
             slots.hand_over(future, len(chunk))
             futures[future] = chunk
-        outcomes: list[ItemOutcome] = []
-        deadline = asyncio.get_running_loop().time() + spec.timeout_s * max(map(len, chunks))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + spec.timeout_s * max(map(len, chunks))
+        done = failed = 0
+        failures: list[dict[str, Any]] = []
         pending = set(futures)
+        progress = BatchProgress(0, 0, [])
         while pending:
-            timeout = deadline - asyncio.get_running_loop().time()
-            done, pending = await asyncio.wait(
-                pending, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
+            finished, pending = await asyncio.wait(
+                pending, timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )  # fmt: skip
+            if not finished:
                 break
-            for future in done:
+            keyed: list[tuple[str, Any]] = []
+            for future in finished:
                 for index, ok, value in future.result():
                     key = spec.item_key(items[index]) if spec.item_key else None
-                    outcomes.append(ItemOutcome(index, key, ok, value))
+                    if ok:
+                        done += 1
+                        if key is not None:
+                            keyed.append((key, value))
+                    else:
+                        failed += 1
+                        failures.append({"index": index, "key": key, "error": value})
+            progress = BatchProgress(done, failed, keyed)
+            if pending:  # the last chunk's items are written with the job's end
+                await self.store.progress(record, progress)
+                progress = BatchProgress(done, failed, [])
         for future in pending:
-            for index, _item in futures[future]:
+            for index, item in futures[future]:
+                key = spec.item_key(item) if spec.item_key else None
                 error = f"timed out after {spec.timeout_s:g} s"
-                outcomes.append(ItemOutcome(index, None, False, error))
-        outcomes.sort(key=lambda o: o.index)
-        await self.store.progress(record.id, outcomes)
-        failed = [o for o in outcomes if not o.ok]
-        summary = [{"key": o.key, "ok": o.ok, "error": None if o.ok else o.value} for o in outcomes]
-        if failed:
-            error = f"{len(failed)} of {len(items)} items failed; first: {failed[0].value}"
-            await self._finish(record.id, JobState.FAILED, result={"items": summary}, error=error)
+                failed += 1
+                failures.append({"index": index, "key": key, "error": error})
+        progress = BatchProgress(done, failed, progress.keyed)
+        failures.sort(key=lambda f: f["index"])
+        result = {"total": len(items), "done": done, "failed": failed, "failures": failures}
+        if failures:
+            first = failures[0]
+            error = f"{failed} of {len(items)} items failed; first: {first['error']}"
+            await self._finish(record, JobState.FAILED, result=result, error=error,
+                               progress=progress)  # fmt: skip
         else:
-            await self._finish(record.id, JobState.SUCCEEDED, result={"items": summary})
+            await self._finish(record, JobState.SUCCEEDED, result=result, progress=progress)
 
     async def _finish(
-        self, job_id: str, state: JobState, *, result: Any = None, error: str | None = None
+        self,
+        record: JobRecord,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        progress: BatchProgress | None = None,
     ) -> None:
-        await self.store.finish(job_id, state, self.clock(), result=result, error=error)
+        await self.store.finish(
+            record, state, self.clock(), result=result, error=error, progress=progress
+        )

@@ -72,3 +72,13 @@ class ItemOutcome:
     key: str | None
     ok: bool
     value: Any
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Items of a batch that ended since the last write, and the running totals."""
+
+    done: int
+    failed: int
+    #: (key, value) of the items that succeeded and have a key, to store for look-up.
+    keyed: list[tuple[str, Any]]

@@ -20,12 +20,14 @@ import os
 import pickle
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from service.errors import StoreUnavailable
-from service.jobs.record import ItemOutcome, JobRecord
+from service.ids import ID_LENGTH, ID_TIME_CHARS, new_id
+from service.jobs.record import BatchProgress, JobRecord
 from service.jobs.state import JobState
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_INTERVAL_S = 0.5
 PURGE_BATCH = 2000
+KEYED_PURGE_EVERY = 12  # janitor rounds between sweeps of the keyed results (a full scan)
 INTERRUPTED = "interrupted: the process running it stopped"
 
 SCHEMA = """
@@ -52,19 +55,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     failed INTEGER NOT NULL DEFAULT 0,
     result BLOB
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state) WHERE state IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS items (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
+-- Results of batch items that have a key (a parcel's id), newest first by job id. Only
+-- the primary key: every index is one more B-tree written on each commit.
+CREATE TABLE IF NOT EXISTS keyed (
     name TEXT NOT NULL,
     owner TEXT NOT NULL,
-    key TEXT,
-    ok INTEGER NOT NULL,
-    value BLOB,
-    PRIMARY KEY (job_id, idx)
+    key TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (name, owner, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS items_key ON items (name, owner, key, job_id) WHERE key IS NOT NULL;
 """
 
 COLUMNS = (
@@ -123,6 +123,7 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_checkpoints = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._purges = 0
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -235,71 +236,70 @@ class SqliteStore:
         items = None if record.items is None else _dumps(record.items)
         params = (
             record.id, record.name, record.owner, record.state.value, record.created_at,
-            record.attempts, _dumps(record.args), items,
+            record.started_at, record.attempts, _dumps(record.args), items,
         )  # fmt: skip
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO jobs (id, name, owner, state, created_at, attempts, args, items)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts,"
+                " args, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params,
             )
 
         await self._write(op)
 
-    async def start(self, job_id: str, now: float) -> JobRecord | None:
-        def op(conn: sqlite3.Connection) -> JobRecord | None:
-            row = conn.execute(
-                f"UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1"
-                f" WHERE id = ? AND state = 'queued' RETURNING {COLUMNS}",
-                (now, job_id),
-            ).fetchone()
-            return None if row is None else _row(row)
+    async def start(self, job_id: str, now: float) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1"
+                    " WHERE id = ? AND state = 'queued'",
+                    (now, job_id),
+                ).rowcount
+                == 1
+            )
 
-        result: JobRecord | None = await self._write(op)
-        return result
+        started: bool = await self._write(op)
+        return started
 
-    async def progress(self, job_id: str, outcomes: list[ItemOutcome]) -> None:
-        if not outcomes:
-            return
-        rows = []
-        done = failed = 0
-        for o in outcomes:
-            rows.append((job_id, o.index, o.key, int(o.ok), _dumps(o.value), job_id))
-            if o.ok:
-                done += 1
-            else:
-                failed += 1
+    async def progress(self, record: JobRecord, progress: BatchProgress) -> None:
+        write_items = _progress_writer(record, progress)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT OR REPLACE INTO items (job_id, idx, name, owner, key, ok, value)"
-                " SELECT ?, ?, name, owner, ?, ?, ? FROM jobs WHERE id = ?",
-                rows,
-            )
+            write_items(conn)
             conn.execute(
-                "UPDATE jobs SET done = (SELECT count(*) FROM items WHERE job_id = ? AND ok),"
-                " failed = (SELECT count(*) FROM items WHERE job_id = ? AND NOT ok)"
-                " WHERE id = ?",
-                (job_id, job_id, job_id),
+                "UPDATE jobs SET done = ?, failed = ? WHERE id = ?",
+                (progress.done, progress.failed, record.id),
             )
 
         await self._write(op)
 
     async def finish(
-        self, job_id: str, state: JobState, now: float, *, result: Any = None, error: str | None
+        self,
+        record: JobRecord,
+        state: JobState,
+        now: float,
+        *,
+        result: Any = None,
+        error: str | None,
+        progress: BatchProgress | None = None,
     ) -> None:
         blob = None if result is None else _dumps(result)
         if blob is not None and len(blob) > self.result_max:
             state = JobState.FAILED
             error = f"the result ({len(blob)} bytes) is over JOBPOOL_RESULT_MAX ({self.result_max})"
             blob = None
+        write_items = _progress_writer(record, progress) if progress else None
+        done, failed = (progress.done, progress.failed) if progress else (None, None)
 
         def op(conn: sqlite3.Connection) -> None:
+            if write_items is not None:
+                write_items(conn)
             conn.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?"
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?,"
+                " done = coalesce(?, done), failed = coalesce(?, failed)"
                 " WHERE id = ? AND state IN ('running', 'queued')",
-                (state.value, now, error, blob, job_id),
+                (state.value, now, error, blob, done, failed, record.id),
             )
 
         await self._write(op)
@@ -338,13 +338,14 @@ class SqliteStore:
         best: tuple[str, bytes] | None = None
         for conn in self._search_order():
             row = conn.execute(
-                "SELECT job_id, value FROM items WHERE name = ? AND owner = ? AND key = ? AND ok"
-                " ORDER BY job_id DESC LIMIT 1",
+                "SELECT job_id, value FROM keyed WHERE name = ? AND owner = ? AND key = ?",
                 (name, owner, key),
             ).fetchone()
             if row is not None and (best is None or row[0] > best[0]):
                 best = row
-        return None if best is None else pickle.loads(best[1])
+        if best is None or best[0] < id_floor(time.time() - self.result_ttl_s):
+            return None  # expired, whether or not the janitor has deleted it yet
+        return pickle.loads(best[1])
 
     async def unfinished(self) -> list[JobRecord]:
         def op(conn: sqlite3.Connection) -> list[JobRecord]:
@@ -363,20 +364,25 @@ class SqliteStore:
         return adopted
 
     async def purge(self, now: float) -> int:
+        # Ids are time-ordered: whatever was created before the cutoff sorts before this id,
+        # so both deletes walk a primary key range (jobs) or scan without an extra index.
         cutoff = now - self.result_ttl_s
+        floor = id_floor(cutoff)
 
         def op(conn: sqlite3.Connection) -> int:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM jobs WHERE finished_at < ? LIMIT ?", (cutoff, PURGE_BATCH)
-                )
-            ]
-            conn.executemany("DELETE FROM items WHERE job_id = ?", [(i,) for i in ids])
-            conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+            ids = conn.execute(
+                "SELECT id FROM jobs WHERE id < ? AND finished_at < ? LIMIT ?",
+                (floor, cutoff, PURGE_BATCH),
+            ).fetchall()
+            conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
             return len(ids)
 
         purged: int = await self._write(op)
+        if self._purges % KEYED_PURGE_EVERY == 0:
+            await self._write(
+                lambda conn: conn.execute("DELETE FROM keyed WHERE job_id < ?", (floor,)).rowcount
+            )
+        self._purges += 1
         return purged
 
     async def ping(self) -> None:
@@ -422,6 +428,31 @@ class SqliteStore:
             if reader is conn:
                 return path
         raise LookupError("unknown connection")
+
+
+def id_floor(ts: float) -> str:
+    """The smallest id that can be made at time ``ts``: ids made earlier sort below it."""
+    return new_id(lambda: ts)[:ID_TIME_CHARS] + "0" * (ID_LENGTH - ID_TIME_CHARS)
+
+
+def _progress_writer(
+    record: JobRecord, progress: BatchProgress | None
+) -> Callable[[sqlite3.Connection], None]:
+    rows = [
+        (record.name, record.owner, key, record.id, _dumps(value))
+        for key, value in (progress.keyed if progress else ())
+    ]
+
+    def write(conn: sqlite3.Connection) -> None:
+        if rows:
+            conn.executemany(
+                "INSERT INTO keyed (name, owner, key, job_id, value) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET job_id = excluded.job_id, value = excluded.value"
+                " WHERE excluded.job_id >= keyed.job_id",
+                rows,
+            )
+
+    return write
 
 
 def _interrupt(conn: sqlite3.Connection) -> None:
@@ -473,14 +504,6 @@ def _adopt(path: Path, own: Path) -> list[JobRecord]:
             rows = orphan.execute(UNFINISHED_SQL).fetchall()
             orphan.execute("COMMIT")
             ids = [(r[0],) for r in rows]
-            item_rows = [
-                row
-                for (job_id,) in ids
-                for row in orphan.execute(
-                    "SELECT job_id, idx, name, owner, key, ok, value FROM items WHERE job_id = ?",
-                    (job_id,),
-                )
-            ]
             mine = _connect(own)
             try:
                 # Ours first, then theirs: a crash in between runs a job twice (at least
@@ -490,14 +513,10 @@ def _adopt(path: Path, own: Path) -> list[JobRecord]:
                     f"INSERT OR IGNORE INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * 14)})",
                     rows,
                 )
-                mine.executemany(
-                    "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", item_rows
-                )
                 mine.execute("COMMIT")
             finally:
                 mine.close()
             orphan.execute("BEGIN IMMEDIATE")
-            orphan.executemany("DELETE FROM items WHERE job_id = ?", ids)
             orphan.executemany("DELETE FROM jobs WHERE id = ?", ids)
             orphan.execute("COMMIT")
             log.warning("adopted %d unfinished jobs from %s", len(rows), path.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from service.jobs.record import ItemOutcome, JobRecord
+from service.jobs.record import BatchProgress, JobRecord
 from service.jobs.state import JobState
 
 
@@ -20,18 +20,26 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def add(self, record: JobRecord) -> None:
-        """Store a new queued job; return once it is durable (the 202 waits for this)."""
+        """Store a new job (queued, or running when it starts at once); return once it is
+        durable (the 202 waits for this)."""
 
-    async def start(self, job_id: str, now: float) -> JobRecord | None:
-        """queued → running (attempts + 1); None if it is no longer queued (cancelled)."""
+    async def start(self, job_id: str, now: float) -> bool:
+        """queued → running (attempts + 1); False if it is no longer queued (cancelled)."""
 
-    async def progress(self, job_id: str, outcomes: list[ItemOutcome]) -> None:
+    async def progress(self, record: JobRecord, progress: BatchProgress) -> None:
         """Record finished items of a batch job."""
 
     async def finish(
-        self, job_id: str, state: JobState, now: float, *, result: Any = None, error: str | None
+        self,
+        record: JobRecord,
+        state: JobState,
+        now: float,
+        *,
+        result: Any = None,
+        error: str | None,
+        progress: BatchProgress | None = None,
     ) -> None:
-        """running → a final state, with the result or the error."""
+        """running → a final state, with the result or the error (and a batch's last items)."""
 
     async def requeue(self, job_id: str, *, error: str | None) -> None:
         """running → queued: its run was cut off and it will run again."""

@@ -1,0 +1,24 @@
+"""Termination notice from the server to the app, at the moment SIGTERM arrives.
+
+gunicorn's asgi worker runs the ASGI lifespan shutdown only after its open connections are
+gone, and idle keep-alive connections (a load balancer keeps many) hold it for the whole
+graceful timeout, at whose end the arbiter kills the worker. So the job drain must start at
+SIGTERM, not at lifespan shutdown: gunicorn.conf.py calls :func:`terminate` from the
+worker's SIGTERM handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_handlers: list[Callable[[], None]] = []
+
+
+def on_terminate(handler: Callable[[], None]) -> None:
+    """Call ``handler`` (on the event loop) when this process is asked to stop."""
+    _handlers.append(handler)
+
+
+def terminate() -> None:
+    for handler in _handlers:
+        handler()
