@@ -1,0 +1,26 @@
+# Conveniences for developers; the README's two commands need nothing but python3.
+.PHONY: run test lint check bench bench-cpu
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+$(VENV):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev,fast]' || $(VENV)/bin/pip install -q -e '.[dev]'
+
+run: $(VENV)
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py
+
+test: $(VENV)
+	$(PY) -m pytest
+
+lint: $(VENV)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+check: lint test
+	bash deploy/check.sh
+
+bench: $(VENV)
+	$(PY) -m bench.ingest

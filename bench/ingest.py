@@ -1,0 +1,164 @@
+"""Seed-batch ingest benchmark: the framework floor and jobpool, in one run, same load.
+
+    python -m bench.ingest [--duration 10] [--connections 32] [--rounds 2]
+
+Starts each server with gunicorn.conf.py (same worker class, loop, worker count), drives it
+with wrk posting the seed's 9-item batch, and prints requests/s, p50/p99 latency, errors and
+server CPU microseconds per request (the server's whole process tree, from psutil), plus
+jobpool's ratio to the floor. Rounds alternate floor/jobpool so drift on this shared
+machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import urllib3
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).with_name("seed_batch.lua")
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    accepted_rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_us_per_req: float
+
+
+def tree_cpu(pid: int) -> float:
+    """User+system CPU seconds of a process and all its descendants (live ones)."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def start(app: str, port: int, env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), app,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    http = urllib3.PoolManager(retries=False, timeout=2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if http.request("GET", f"http://127.0.0.1:{port}/readyz").status == 200:
+                time.sleep(1.0)  # let every worker finish booting
+                return proc
+        except urllib3.exceptions.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{app} did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def drive(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace) -> Result:
+    before = tree_cpu(proc.pid)
+    out = subprocess.run(
+        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
+         "-s", str(LUA), f"http://127.0.0.1:{port}/v1/parcels"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    time.sleep(0.5)  # let the last jobs of the run finish: their CPU belongs to the run
+    cpu = tree_cpu(proc.pid) - before
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    statuses = dict(
+        (int(s), int(n))
+        for s, n in re.findall(r"(\d+)=(\d+)", out.split("STATUS", 1)[1].split("\n")[0])
+    )
+    lat = re.search(r"LAT p50=(\d+) p99=(\d+)", out)
+    socket_errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    accepted = statuses.get(202, 0)
+    errors = total - accepted + socket_errors
+    return Result(
+        name=name,
+        rps=rps,
+        accepted_rps=rps * accepted / total if total else 0.0,
+        p50_ms=int(lat.group(1)) / 1000 if lat else 0.0,
+        p99_ms=int(lat.group(2)) / 1000 if lat else 0.0,
+        errors=errors,
+        cpu_us_per_req=cpu / total * 1e6 if total else 0.0,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=psutil.cpu_count() or 1)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--port", type=int, default=18500)
+    ap.add_argument(
+        "--jobpool-env", action="append", default=[], metavar="NAME=VALUE",
+        help="extra environment for the jobpool server (repeatable)",
+    )  # fmt: skip
+    args = ap.parse_args()
+    results: dict[str, list[Result]] = {"floor": [], "jobpool": []}
+    with tempfile.TemporaryDirectory(prefix="jobpool-bench-") as tmp:
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
+        base_env["PYTHONPATH"] = str(ROOT)
+        base_env["JOBPOOL_LOG_LEVEL"] = "warning"
+        for r in range(args.rounds):
+            for name, app in (("floor", "bench.floor_app:app"), ("jobpool", "service.asgi:app")):
+                env = dict(base_env, JOBPOOL_STATE_DIR=str(Path(tmp) / f"{name}-{r}"))
+                if name == "jobpool":
+                    env.update(kv.split("=", 1) for kv in args.jobpool_env)
+                proc = start(app, args.port, env, args.workers)
+                try:
+                    results[name].append(drive(name, proc, args.port, args))
+                finally:
+                    stop(proc)
+    print(
+        f"seed batch, {args.workers} workers, wrk -t{args.threads} -c{args.connections} "
+        f"-d{args.duration}s, {args.rounds} round(s), best round shown"
+    )
+    print(f"{'server':<10}{'req/s':>10}{'202/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>9}"
+          f"{'CPU us/req':>12}")  # fmt: skip
+    best = {name: max(rs, key=lambda x: x.accepted_rps) for name, rs in results.items()}
+    for res in best.values():
+        print(f"{res.name:<10}{res.rps:>10.0f}{res.accepted_rps:>10.0f}{res.p50_ms:>9.2f}"
+              f"{res.p99_ms:>9.2f}{res.errors:>9}{res.cpu_us_per_req:>12.0f}")  # fmt: skip
+    ratio = best["jobpool"].accepted_rps / best["floor"].accepted_rps
+    print(f"jobpool / floor (accepted req/s): {ratio:.2f}x   (target >= 0.70x)")
+    for name, rs in results.items():
+        print(f"  {name} rounds: " + ", ".join(f"{x.accepted_rps:.0f}" for x in rs))
+
+
+if __name__ == "__main__":
+    main()

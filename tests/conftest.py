@@ -1,0 +1,84 @@
+"""Fixtures: settings on a temp state dir, the app in-process, the real server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from falcon import testing
+
+from service.app import create_app
+from service.config import Settings
+from tests.extension import extend
+from tests.server import Server
+
+SEED_BATCH = {
+    "Data": [
+        {"id": "1", "time": "2017-01-01T00:00:01Z", "data": "abc"},
+        {"id": "2", "time": "2017-01-01T00:00:02Z", "data": "def"},
+        {"id": "3", "time": "2017-01-01T00:00:03Z", "data": "ghi"},
+        {"id": "4", "time": "2017-01-01T00:00:04Z", "data": "jkl"},
+        {"id": "5", "time": "2017-01-01T00:00:05Z", "data": "mno"},
+        {"id": "6", "time": "2017-01-01T00:00:06Z", "data": "pqr"},
+        {"id": "7", "time": "2017-01-01T00:00:07Z", "data": "stu"},
+        {"id": "8", "time": "2017-01-01T00:00:08Z", "data": "vwx"},
+        {"id": "9", "time": "2017-01-01T00:00:09Z", "data": "yz0"},
+    ]
+}
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "state_dir": tmp_path / "state",
+            "cpu_workers": 2,
+            "io_threads": 8,
+            "janitor_interval_s": 1,
+        }
+        base.update(overrides)
+        return Settings.from_env({}, **base)
+
+    return make
+
+
+@pytest.fixture
+async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[testing.ASGIConductor]:
+    """The app in-process (lifespan included) with default test settings."""
+    async with testing.ASGIConductor(create_app(make_settings(), extend=extend)) as conductor:
+        yield conductor
+
+
+@pytest.fixture
+def conductor_for(
+    make_settings: Callable[..., Settings],
+) -> Callable[..., testing.ASGIConductor]:
+    """An in-process app with the given setting overrides (use with ``async with``)."""
+
+    def make(**overrides: Any) -> testing.ASGIConductor:
+        return testing.ASGIConductor(create_app(make_settings(**overrides), extend=extend))
+
+    return make
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start real gunicorn servers; every one still running is stopped at the end."""
+    started: list[Server] = []
+
+    def start(state: str = "state", **kw: Any) -> Server:
+        srv = Server(tmp_path / state, **kw)
+        started.append(srv)
+        return srv.start()
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., Server]) -> Server:
+    """One real gunicorn server (2 workers) with the test routes."""
+    return server_factory()

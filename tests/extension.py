@@ -1,0 +1,70 @@
+"""Routes added the way the README shows: a job (in jobs_for_tests) plus a small resource.
+
+``POST /test/jobs/{name}`` submits any test job with the JSON body as its arguments, for the
+reliability tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from service.api.http import preferred_wait, read_json
+from service.api.jobs import answer_submitted
+from service.config import Settings
+from service.jobs.layer import JobLayer
+from tests import jobs_for_tests  # noqa: F401 - registers the test jobs
+
+
+class Echo:
+    """POST /v1/echo: the body comes back as the job's result."""
+
+    def __init__(self, layer: JobLayer) -> None:
+        self.layer = layer
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        body = await read_json(req, 4096)
+        record = await self.layer.submit("test.echo", {"body": body}, owner=req.context.owner)
+        await answer_submitted(self.layer, req, resp, record, preferred_wait(req, 30))
+
+
+class AnyTestJob:
+    """POST /test/jobs/{name}: a test job, with the body as its keyword arguments."""
+
+    def __init__(self, layer: JobLayer) -> None:
+        self.layer = layer
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str
+    ) -> None:
+        if not name.startswith("test."):
+            raise falcon.HTTPNotFound()
+        args: dict[str, Any] = await read_json(req, 1 << 20)
+        record = await self.layer.submit(name, args, owner=req.context.owner)
+        await answer_submitted(self.layer, req, resp, record, preferred_wait(req, 60))
+
+
+class AnyTestBatch:
+    """POST /test/batch/{name}: ``{"items": [...], "options": {...}}`` as a batch job."""
+
+    def __init__(self, layer: JobLayer) -> None:
+        self.layer = layer
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str
+    ) -> None:
+        if not name.startswith("test."):
+            raise falcon.HTTPNotFound()
+        body: dict[str, Any] = await read_json(req, 1 << 20)
+        record = await self.layer.submit_batch(
+            name, body["items"], owner=req.context.owner, options=body.get("options")
+        )
+        await answer_submitted(self.layer, req, resp, record, preferred_wait(req, 60))
+
+
+def extend(app: falcon.asgi.App[Any, Any], layer: JobLayer, settings: Settings) -> None:
+    app.add_route("/v1/echo", Echo(layer))
+    app.add_route("/test/jobs/{name}", AnyTestJob(layer))
+    app.add_route("/test/batch/{name}", AnyTestBatch(layer))

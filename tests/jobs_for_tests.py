@@ -1,0 +1,59 @@
+"""Jobs that exist only for tests: importable by name, as the cpu pool requires."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from service.jobs.registry import job
+
+
+@job("test.echo", pool="io", timeout=10)
+def echo(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
+
+@job("test.sleep", pool="io", timeout=30)
+def sleep(seconds: float, tag: str = "") -> dict[str, Any]:
+    time.sleep(seconds)
+    return {"slept": seconds, "tag": tag}
+
+
+@job("test.fail", pool="io", timeout=10)
+def fail(message: str) -> None:
+    raise RuntimeError(message)
+
+
+@job("test.cpu_spin", pool="cpu", timeout=60)
+def cpu_spin(seconds: float, tag: str = "") -> dict[str, Any]:
+    deadline = time.process_time() + seconds
+    n = 0
+    while time.process_time() < deadline:
+        n += 1
+    return {"pid": os.getpid(), "nice": os.nice(0), "tag": tag}
+
+
+@job("test.cpu_stuck", pool="cpu", timeout=1)
+def cpu_stuck() -> None:
+    while True:
+        time.sleep(0.05)
+
+
+@job("test.cpu_crash", pool="cpu", timeout=10)
+def cpu_crash() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job("test.cpu_fail", pool="cpu", timeout=10)
+def cpu_fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@job("test.slow_item", pool="io", timeout=10)
+def slow_item(item: Any, *, seconds: float = 0.0) -> Any:
+    time.sleep(seconds)
+    if item == "bad":
+        raise ValueError("bad item")
+    return item
