@@ -156,3 +156,20 @@ def test_command_line_and_gunicorn_cmd_args_override_the_config(
     else:
         srv = server_factory(workers=3, env=env)
     assert len(srv.worker_pids()) == 3
+
+
+def test_large_bodies_on_one_kept_alive_connection(server: Server) -> None:
+    """Every large upload on one kept-alive connection gets an answer (none dropped)."""
+    from tests.imagegen import photo_like
+
+    big = photo_like(2048, 1536, "jpeg")
+    assert len(big) > 500_000
+    answers = [
+        server.post(
+            "/v1/images?op=thumbnail&width=50&height=50",
+            body=big,
+            headers={"Content-Type": "image/jpeg"},
+        ).status
+        for _ in range(8)
+    ]
+    assert answers == [202] * 8
