@@ -13,10 +13,13 @@ import falcon.asgi
 
 from service import signals
 from service.api import problems
+from service.api.fetch import FetchResource
 from service.api.health import Healthz, Readyz
+from service.api.images import ImagesResource
 from service.api.jobs import JobResource, JobResultResource
 from service.api.middleware import Lifecycle, RequestId
 from service.api.parcels import ParcelResource, ParcelsResource
+from service.api.search import SearchResource
 from service.config import Settings
 from service.errors import ShuttingDown
 from service.jobs.cpu_pool import CpuPool
@@ -29,9 +32,16 @@ from service.jobs.tokens import HostTokens
 log = logging.getLogger(__name__)
 
 #: Modules whose import registers the service's jobs.
-TASK_MODULES = ("service.tasks.parcels",)
-# Started in the forkserver once, so each cpu process starts without importing them again.
-CPU_PRELOAD = ("service.tasks.parcels",)
+TASK_MODULES = (
+    "service.tasks.parcels",
+    "service.tasks.fetch",
+    "service.tasks.images",
+    "service.tasks.search",
+)
+# Imported once in the forkserver, so each cpu process starts without importing them again.
+CPU_PRELOAD = ("service.tasks.images",)
+#: The fetch job's own deadline stops it; the job timeout is only a backstop past it.
+FETCH_TIMEOUT_MARGIN_S = 5.0
 #: Seconds of the graceful timeout kept back for closing the store after the drain.
 DRAIN_MARGIN_S = 3.0
 
@@ -104,19 +114,25 @@ def create_app(
     settings = settings or Settings.from_env()
     for module in TASK_MODULES:
         importlib.import_module(module)
+    jobs.set_timeout("image", settings.image_timeout_s)
+    jobs.set_timeout("fetch", settings.fetch_deadline_ms / 1000 + FETCH_TIMEOUT_MARGIN_S)
+    jobs.set_timeout("search.provider", settings.search_provider_timeout_ms / 1000 * 2)
     service = Service(settings, jobs)
     signals.on_terminate(service.begin_stop)
     layer = service.layer
     middleware: list[Any] = [RequestId(), Lifecycle(service.start, service.stop)]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
-    problems.install(app)
+    problems.install(app, drain_max=settings.drain_max)
     app.add_route("/healthz", Healthz())
     app.add_route(
         "/readyz", Readyz({"store": service.ping_store, "accepting": service.ping_accepting})
     )
     app.add_route("/v1/parcels", ParcelsResource(layer, settings))
     app.add_route("/v1/parcels/{parcel_id}", ParcelResource(layer))
+    app.add_route("/v1/fetch", FetchResource(layer, settings))
+    app.add_route("/v1/images", ImagesResource(layer, settings))
+    app.add_route("/v1/search", SearchResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}", JobResource(layer))
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
     if extend is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,22 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _providers(raw: str) -> tuple[tuple[str, str], ...]:
+    """``name=url,name=url`` → ((name, url), ...): names unique, URLs http(s)."""
+    out: list[tuple[str, str]] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, sep, url = part.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise ValueError(f"{part!r} is not NAME=URL (name: letters, digits, _ . -)")
+        if not re.fullmatch(r"https?://[^\s]+", url):
+            raise ValueError(f"provider {name}: {url!r} is not an http(s) URL")
+        if any(name == n for n, _ in out):
+            raise ValueError(f"provider {name} is named twice")
+        out.append((name, url))
+    return tuple(out)
+
+
 def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -116,6 +133,9 @@ class Settings:
     )
     batch_max: int = _setting("BATCH_MAX", 1000, _int(1, 100_000), "items per parcel batch")
     body_max: int = _setting("BODY_MAX", 1 << 20, _int(1), "request body bytes (JSON routes)")
+    drain_max: int = _setting(
+        "DRAIN_MAX", 32 << 20, _int(0), "bytes of a refused body read so its client sees the 4xx"
+    )
     result_max: int = _setting("RESULT_MAX", 16 << 20, _int(1), "bytes of one stored result")
     result_ttl_s: int = _setting(
         "RESULT_TTL_S", 86_400, _int(1), "finished jobs and their results are kept this long"
@@ -132,6 +152,51 @@ class Settings:
     log_level: str = _setting("LOG_LEVEL", "info", _log_level, "debug, info, warning, error")
     janitor_interval_s: int = _setting(
         "JANITOR_INTERVAL_S", 5, _int(1, 3600), "how often expired jobs and orphans are handled"
+    )
+    image_body_max: int = _setting("IMAGE_BODY_MAX", 25 << 20, _int(1), "bytes of one image upload")
+    image_max_pixels: int = _setting(
+        "IMAGE_MAX_PIXELS", 50_000_000, _int(1), "width x height of an input or output image"
+    )
+    image_max_side: int = _setting(
+        "IMAGE_MAX_SIDE", 10_000, _int(1, 65_535), "largest requested output width or height"
+    )
+    image_timeout_s: int = _setting("IMAGE_TIMEOUT_S", 60, _int(1, 3600), "one image job")
+    fetch_connect_timeout_ms: int = _setting(
+        "FETCH_CONNECT_TIMEOUT_MS", 5000, _int(1, 600_000), "fetch: connect timeout"
+    )
+    fetch_read_timeout_ms: int = _setting(
+        "FETCH_READ_TIMEOUT_MS", 15_000, _int(1, 600_000), "fetch: timeout between reads"
+    )
+    fetch_deadline_ms: int = _setting(
+        "FETCH_DEADLINE_MS", 60_000, _int(1, 3_600_000), "fetch: whole fetch, redirects included"
+    )
+    fetch_max_bytes: int = _setting("FETCH_MAX_BYTES", 10 << 20, _int(1), "fetch: response size")
+    fetch_max_redirects: int = _setting(
+        "FETCH_MAX_REDIRECTS", 5, _int(0, 50), "fetch: redirects followed"
+    )
+    fetch_store_body_max: int = _setting(
+        "FETCH_STORE_BODY_MAX", 1 << 20, _int(0), "fetch: largest body kept in the result"
+    )
+    fetch_max_url_length: int = _setting(
+        "FETCH_MAX_URL_LENGTH", 2048, _int(16, 65_536), "fetch: characters of a URL"
+    )
+    fetch_allow_private: bool = _setting(
+        "FETCH_ALLOW_PRIVATE", False, _bool, "fetch: lift the SSRF guard (tests, private use)"
+    )
+    search_providers: tuple[tuple[str, str], ...] = _setting(
+        "SEARCH_PROVIDERS", (), _providers, "search upstreams: name=url,name=url"
+    )
+    search_deadline_ms: int = _setting(
+        "SEARCH_DEADLINE_MS", 2000, _int(1, 60_000), "search: the whole answer"
+    )
+    search_provider_timeout_ms: int = _setting(
+        "SEARCH_PROVIDER_TIMEOUT_MS", 1500, _int(1, 60_000), "search: one provider"
+    )
+    search_max_bytes: int = _setting(
+        "SEARCH_MAX_BYTES", 1 << 20, _int(1), "search: one provider's answer"
+    )
+    search_query_max: int = _setting(
+        "SEARCH_QUERY_MAX", 256, _int(1, 8192), "search: characters of q"
     )
     # Not a user setting: gunicorn.conf.py hands the real worker count to each worker.
     gunicorn_workers: int = _setting(

@@ -38,6 +38,24 @@ async def read_body(req: falcon.asgi.Request, limit: int, *, setting: str) -> by
     return b"".join(chunks)
 
 
+async def drain(req: falcon.asgi.Request, max_bytes: int) -> None:
+    """Read and discard what is left of a refused request's body, up to ``max_bytes``.
+
+    Closing a connection with unread request bytes makes the kernel reset it, and the
+    client then never reads the error it was sent. Past ``max_bytes`` the reset is the
+    lesser evil.
+    """
+    stream = req.stream
+    if stream.eof:
+        return
+    left = max_bytes
+    while left > 0:
+        chunk = await stream.read(min(READ_CHUNK, left))
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
 def require_json(req: falcon.asgi.Request) -> None:
     media = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media != JSON and not (media.startswith("application/") and media.endswith("+json")):

@@ -10,6 +10,7 @@ import falcon.asgi
 import orjson
 
 from service import errors
+from service.api.http import drain
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,25 @@ def problem(resp: falcon.asgi.Response, status: int, title: str, detail: str, **
                               "detail": detail, **extra})  # fmt: skip
 
 
+class Problems:
+    """The error handlers; an error answer first drains the unread request body (bounded)."""
+
+    def __init__(self, drain_max: int) -> None:
+        self.drain_max = drain_max
+
+    async def service_error(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any
+    ) -> None:
+        await drain(req, self.drain_max)
+        await handle_service_error(req, resp, ex, params)
+
+    async def http_error(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any
+    ) -> None:
+        await drain(req, self.drain_max)
+        await handle_http_error(req, resp, ex, params)
+
+
 async def handle_service_error(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any
 ) -> None:
@@ -69,7 +89,8 @@ async def handle_unexpected(
     problem(resp, 500, "Internal server error", "the server failed; the error is logged")
 
 
-def install(app: falcon.asgi.App[Any, Any]) -> None:
+def install(app: falcon.asgi.App[Any, Any], *, drain_max: int) -> None:
+    handlers = Problems(drain_max)
     app.add_error_handler(Exception, handle_unexpected)
-    app.add_error_handler(falcon.HTTPError, handle_http_error)
-    app.add_error_handler(errors.ServiceError, handle_service_error)
+    app.add_error_handler(falcon.HTTPError, handlers.http_error)
+    app.add_error_handler(errors.ServiceError, handlers.service_error)

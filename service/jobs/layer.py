@@ -327,21 +327,38 @@ class JobLayer:
             await self._execute_batch(spec, record, slots)
             return
         try:
-            if spec.pool == "cpu":
-                result = await self.cpu.run(spec.fn, (), record.args, spec.timeout_s)
-            else:
-                future = self.io.submit(spec.fn, **record.args)
-                slots.hand_over(future, 1)
-                try:
-                    result = await asyncio.wait_for(asyncio.shield(future), spec.timeout_s)
-                except TimeoutError:
-                    raise TaskTimeout(f"timed out after {spec.timeout_s:g} s") from None
+            result = await self._on_pool(spec, record.args, slots)
         except (TaskTimeout, ProcessDied) as ex:
             await self._finish(record, JobState.FAILED, error=str(ex))
         except Exception as ex:
             await self._finish(record, JobState.FAILED, error=describe(ex))
         else:
             await self._finish(record, JobState.SUCCEEDED, result=result)
+
+    async def _on_pool(self, spec: JobSpec, kwargs: dict[str, Any], slots: _Slots) -> Any:
+        """Run ``spec.fn(**kwargs)`` on its pool within its timeout."""
+        if spec.pool == "cpu":
+            return await self.cpu.run(spec.fn, (), kwargs, spec.timeout_s)
+        future = self.io.submit(spec.fn, **kwargs)
+        slots.hand_over(future, 1)  # a thread cannot be stopped: its slot waits for it
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), spec.timeout_s)
+        except TimeoutError:
+            raise TaskTimeout(f"timed out after {spec.timeout_s:g} s") from None
+
+    async def call(self, name: str, kwargs: dict[str, Any]) -> Any:
+        """Run a job at once without storing it, for answers computed within one request
+        (search fan-out). Admitted like any job: a full pool raises Overloaded."""
+        if self.draining:
+            raise ShuttingDown("this worker is shutting down; retry on another")
+        spec = self.registry.get(name)
+        admission = self.admission[spec.pool]
+        await admission.acquire(1)
+        slots = _Slots(admission, 1)
+        try:
+            return await self._on_pool(spec, kwargs, slots)
+        finally:
+            slots.release()
 
     async def _execute_batch(self, spec: JobSpec, record: JobRecord, slots: _Slots) -> None:
         assert record.items is not None

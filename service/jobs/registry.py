@@ -51,6 +51,11 @@ class Registry:
         except KeyError:
             raise LookupError(f"no job named {name!r}") from None
 
+    def set_timeout(self, name: str, seconds: float) -> None:
+        """Apply a configured timeout to a declared job."""
+        spec = self.get(name)
+        self._specs[name] = JobSpec(spec.name, spec.fn, spec.pool, float(seconds), spec.item_key)
+
     def __contains__(self, name: object) -> bool:
         return name in self._specs
 

@@ -9,6 +9,7 @@ twice and answer differently. Redirects are followed here, one checked hop at a 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import socket
@@ -28,6 +29,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from service.jobs.registry import job
 from service.netguard import (
     DEFAULT_MAX_URL_LENGTH,
     BadURL,
@@ -397,3 +399,16 @@ def _read_result(
         "body": body,
         "body_truncated": kept is None,
     }
+
+
+#: Backstop only: FetchLimits.deadline_s bounds a fetch; app.py sets it from the settings.
+FETCH_JOB_TIMEOUT_S = 120.0
+
+
+@job("fetch", pool="io", timeout=FETCH_JOB_TIMEOUT_S)
+def fetch_job(url: str, method: str, limits: dict[str, Any]) -> dict[str, Any]:
+    """The ``fetch`` job: the body travels as base64 so the result is plain JSON."""
+    result = fetch_url(url, method, limits=FetchLimits(**limits))
+    body = result.pop("body", None)
+    result["body_base64"] = None if body is None else base64.b64encode(body).decode("ascii")
+    return result

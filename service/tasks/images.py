@@ -57,6 +57,7 @@ from typing import Any, Final
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from service.errors import Invalid, ServiceError, UnsupportedMediaType
+from service.jobs.registry import job
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -762,3 +763,9 @@ def _encode(
     buffer = io.BytesIO()
     im.save(buffer, format=out_format.value.upper(), **options)
     return buffer.getvalue()
+
+
+@job("image", pool="cpu", timeout=60)
+def image_job(data: bytes, request: dict[str, Any], max_pixels: int) -> dict[str, Any]:
+    """The ``image`` job (cpu pool): ``process_image`` with the submit-time limits."""
+    return process_image(data, request, max_pixels=max_pixels)

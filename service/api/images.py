@@ -1,0 +1,46 @@
+"""``POST /v1/images?op=…``: the image is the body; the work runs on the cpu pool."""
+
+from __future__ import annotations
+
+import falcon.asgi
+
+from service.api.http import preferred_wait, read_body
+from service.api.jobs import answer_submitted
+from service.config import Settings
+from service.errors import UnsupportedMediaType
+from service.jobs.layer import JobLayer
+from service.tasks import images
+
+ACCEPTED_TYPES = ("image/", "application/octet-stream")
+
+
+class ImagesResource:
+    """Check the request and the image's header here; decode only in the job."""
+
+    def __init__(self, layer: JobLayer, settings: Settings) -> None:
+        self.layer = layer
+        self.settings = settings
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        media = (req.content_type or "").split(";", 1)[0].strip().lower()
+        if not media.startswith(ACCEPTED_TYPES):
+            raise UnsupportedMediaType(
+                f"send the image itself as the body (image/* or application/octet-stream), "
+                f"not {media or 'a body without Content-Type'}"
+            )
+        s = self.settings
+        params: dict[str, str] = {}
+        for name, value in req.params.items():
+            if not isinstance(value, str):
+                raise images.BadParams(f"{name!r} is given more than once", param=name)
+            params[name] = value
+        request = images.parse_request(params, max_side=s.image_max_side)
+        data = await read_body(req, s.image_body_max, setting="JOBPOOL_IMAGE_BODY_MAX")
+        info = images.probe(data, max_pixels=s.image_max_pixels)
+        images.check_request(request, info, max_pixels=s.image_max_pixels)
+        record = await self.layer.submit(
+            "image",
+            {"data": data, "request": request.to_dict(), "max_pixels": s.image_max_pixels},
+            owner=req.context.owner,
+        )
+        await answer_submitted(self.layer, req, resp, record, preferred_wait(req, s.wait_max_s))

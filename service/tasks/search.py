@@ -1,0 +1,116 @@
+"""Fan-out search: one io task per configured upstream provider, merged in one order.
+
+The provider contract (README, "Search providers"): ``GET {url}?q={query}&limit={n}``
+answers 200 with ``application/json`` ``{"items": [{"id": str, "title": str,
+"url": str, "score": number}, ...]}``. Providers are configured by the operator, so they
+are trusted addresses (often private ones): the SSRF guard is for user-given URLs only.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import orjson
+import urllib3
+
+from service.jobs.registry import job
+
+MAX_ITEMS_PER_PROVIDER = 100
+_local = threading.local()
+
+
+class ProviderError(RuntimeError):
+    """A provider answered something outside the contract, or not at all."""
+
+
+class ProviderTimeout(ProviderError):
+    """A provider did not answer within its timeout."""
+
+
+def _http() -> urllib3.PoolManager:
+    # One pool manager per io thread: connections to each provider are kept alive.
+    pool: urllib3.PoolManager | None = getattr(_local, "pool", None)
+    if pool is None:
+        pool = urllib3.PoolManager(num_pools=32, maxsize=4, retries=False)
+        _local.pool = pool
+    return pool
+
+
+def parse_items(payload: bytes) -> list[dict[str, Any]]:
+    """The items of a provider's answer, checked against the contract."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as ex:
+        raise ProviderError(f"not JSON: {ex}") from None
+    items = doc.get("items") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise ProviderError('no "items" array')
+    out = []
+    for i, item in enumerate(items[:MAX_ITEMS_PER_PROVIDER]):
+        if not isinstance(item, dict):
+            raise ProviderError(f"item {i} is not an object")
+        score = item.get("score", 0)
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, int | float)
+            or not math.isfinite(score)
+        ):
+            raise ProviderError(f"item {i}: score is not a number")
+        fields = {k: item.get(k) for k in ("id", "title", "url")}
+        if not all(isinstance(v, str) for v in fields.values()):
+            raise ProviderError(f"item {i}: id, title and url must be strings")
+        out.append({**fields, "score": float(score)})
+    return out
+
+
+@job("search.provider", pool="io", timeout=10)
+def query_provider(url: str, q: str, limit: int, timeout_s: float, max_bytes: int) -> list[Any]:
+    """Ask one provider; raise ProviderError with the reason when it fails the contract."""
+    try:
+        response = _http().request(
+            "GET", url, fields={"q": q, "limit": str(limit)},
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+            preload_content=False,
+        )  # fmt: skip
+    except urllib3.exceptions.TimeoutError:
+        raise ProviderTimeout(f"no answer within {timeout_s:g} s") from None
+    except urllib3.exceptions.HTTPError as ex:
+        raise ProviderError(f"unreachable: {type(ex).__name__}") from None
+    try:
+        if response.status != 200:
+            raise ProviderError(f"HTTP {response.status}")
+        payload = response.read(max_bytes + 1)
+        if len(payload) > max_bytes:
+            raise ProviderError(f"answer over {max_bytes} bytes")
+    except urllib3.exceptions.TimeoutError:
+        raise ProviderTimeout(f"no answer within {timeout_s:g} s") from None
+    except urllib3.exceptions.HTTPError as ex:
+        raise ProviderError(f"read failed: {type(ex).__name__}") from None
+    finally:
+        response.release_conn()
+    return parse_items(payload)
+
+
+def merge(per_provider: list[tuple[str, list[dict[str, Any]]]], limit: int) -> list[Any]:
+    """One order: score (highest first), then provider order, then the provider's order.
+
+    The same URL from two providers is kept once, where it ranks highest.
+    """
+    ranked = [
+        (-item["score"], p, i, name, item)
+        for p, (name, items) in enumerate(per_provider)
+        for i, item in enumerate(items)
+    ]
+    ranked.sort(key=lambda r: r[:3])
+    seen: set[str] = set()
+    merged = []
+    for _, _, _, name, item in ranked:
+        if item["url"] in seen:
+            continue
+        seen.add(item["url"])
+        merged.append({**item, "provider": name})
+        if len(merged) == limit:
+            break
+    return merged
