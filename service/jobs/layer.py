@@ -25,7 +25,7 @@ from service.jobs.io_pool import IoPool
 from service.jobs.record import BatchProgress, JobRecord
 from service.jobs.registry import JobSpec, Pool, Registry
 from service.jobs.state import JobState
-from service.jobs.store import Store
+from service.jobs.store import INTERRUPTED, Store
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,10 @@ class _Lane:
     def has_room(self) -> bool:
         return self.running < self.limit and not self.waiting
 
+    @property
+    def busy(self) -> bool:
+        return self.running > 0
+
 
 class JobLayer:
     """Submit jobs by name; they run on the pool their declaration names."""
@@ -125,6 +129,12 @@ class JobLayer:
             "cpu": Admission("cpu", cpu_queue_max, wait_s=admission_wait_s),
         }
         self._lanes: dict[Pool, _Lane] = {"io": _Lane(io_pool.threads), "cpu": _Lane(1)}
+        # Jobs a crash cut off. One of them may be what crashed the process, so they run one
+        # at a time with nothing else beside them: a poison job takes down only itself.
+        self._suspects: collections.deque[tuple[Pool, tuple[JobRecord, _Slots]]] = (
+            collections.deque()
+        )
+        self._suspect_running = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._janitor: asyncio.Task[None] | None = None
@@ -177,10 +187,18 @@ class JobLayer:
             slots = len(record.items) if record.items is not None else 1
             pool = self.registry.get(record.name).pool if record.name in self.registry else "io"
             self.admission[pool].force(slots)  # already accepted: never refused now
-            self._lanes[pool].waiting.append((record, _Slots(self.admission[pool], slots)))
+            entry = (record, _Slots(self.admission[pool], slots))
+            if record.error == INTERRUPTED:
+                self._suspects.append((pool, entry))
+            else:
+                self._lanes[pool].waiting.append(entry)
+        for pool in self._lanes:
             self._pump(pool)
         if records:
-            log.warning("resuming %d unfinished jobs", len(records))
+            log.warning(
+                "resuming %d unfinished jobs (%d cut off by a crash, run one at a time)",
+                len(records), len(self._suspects),
+            )  # fmt: skip
 
     async def _janitor_loop(self) -> None:
         while True:
@@ -219,7 +237,7 @@ class JobLayer:
         slots = _Slots(admission, count)
         lane = self._lanes[spec.pool]
         now = self.clock()
-        starts_now = lane.has_room
+        starts_now = lane.has_room and not self._quarantine
         if starts_now:
             lane.running += 1  # held while the row is written, so no one else takes it
         record = JobRecord(
@@ -270,26 +288,46 @@ class JobLayer:
 
     # -- running ----------------------------------------------------------------------
 
+    @property
+    def _quarantine(self) -> bool:
+        return bool(self._suspects) or self._suspect_running
+
     def _pump(self, pool: Pool) -> None:
-        """Start waiting jobs while the pool has room."""
+        """Start waiting jobs while the pool has room (suspects first, alone)."""
+        if self.draining:
+            return
+        if self._quarantine:
+            if self._suspect_running or any(lane.busy for lane in self._lanes.values()):
+                return
+            suspect_pool, (record, slots) = self._suspects.popleft()
+            self._suspect_running = True
+            self._lanes[suspect_pool].running += 1
+            self._spawn(suspect_pool, record, slots, started=False, suspect=True)
+            return
         lane = self._lanes[pool]
-        while lane.waiting and lane.running < lane.limit and not self.draining:
+        while lane.waiting and lane.running < lane.limit:
             record, slots = lane.waiting.popleft()
             lane.running += 1
             self._spawn(pool, record, slots, started=False)
 
-    def _spawn(self, pool: Pool, record: JobRecord, slots: _Slots, *, started: bool) -> None:
+    def _spawn(
+        self, pool: Pool, record: JobRecord, slots: _Slots, *, started: bool,
+        suspect: bool = False,
+    ) -> None:  # fmt: skip
         task = asyncio.create_task(self._run(record, slots, started=started))
         self._tasks[record.id] = task
-        task.add_done_callback(lambda _t: self._ended(pool, record.id))
+        task.add_done_callback(lambda _t: self._ended(pool, record.id, suspect))
 
-    def _ended(self, pool: Pool, job_id: str) -> None:
+    def _ended(self, pool: Pool, job_id: str, suspect: bool) -> None:
         self._tasks.pop(job_id, None)
         for future in self._waiters.pop(job_id, ()):
             if not future.done():
                 future.set_result(None)
         self._lanes[pool].running -= 1
-        self._pump(pool)
+        if suspect:
+            self._suspect_running = False
+        for each in self._lanes if suspect or self._quarantine else (pool,):
+            self._pump(each)
 
     async def _run(self, record: JobRecord, slots: _Slots, *, started: bool) -> None:
         try:

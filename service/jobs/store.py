@@ -7,6 +7,9 @@ from typing import Any, Protocol
 from service.jobs.record import BatchProgress, JobRecord
 from service.jobs.state import JobState
 
+#: The error a job carries when it was found running by a process that is gone (a crash).
+INTERRUPTED = "interrupted: the process running it stopped"
+
 
 class Store(Protocol):
     """Durable job state. Writes resolve only once they are committed."""
@@ -53,7 +56,10 @@ class Store(Protocol):
         """The newest successful item result of job ``name`` with ``key`` for ``owner``."""
 
     async def unfinished(self) -> list[JobRecord]:
-        """Jobs of this worker's part that are queued or running (to run after a restart)."""
+        """Jobs of this worker's part that are queued or running (to run after a restart).
+
+        Running ones were cut off by a crash: they come back queued, with error INTERRUPTED.
+        """
 
     async def adopt_orphans(self) -> list[JobRecord]:
         """Unfinished jobs of parts nobody holds any more, now this worker's to run."""
