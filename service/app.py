@@ -54,7 +54,12 @@ class Service:
         s = settings
         self.layer = JobLayer(
             registry=registry,
-            store=SqliteStore(s.state_dir, result_ttl_s=s.result_ttl_s, result_max=s.result_max),
+            store=SqliteStore(
+                s.state_dir,
+                result_ttl_s=s.result_ttl_s,
+                result_max=s.result_max,
+                max_bytes=s.store_max_bytes,
+            ),
             io_pool=IoPool(s.io_threads),
             cpu_pool_factory=self._cpu_pool,
             io_queue_max=s.io_queue_max,

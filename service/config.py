@@ -137,6 +137,9 @@ class Settings:
         "DRAIN_MAX", 32 << 20, _int(0), "bytes of a refused body read so its client sees the 4xx"
     )
     result_max: int = _setting("RESULT_MAX", 16 << 20, _int(1), "bytes of one stored result")
+    store_max_bytes: int = _setting(
+        "STORE_MAX_BYTES", 0, _int(0), "cap on each SQLite shard file; 0: the disk is the cap"
+    )
     result_ttl_s: int = _setting(
         "RESULT_TTL_S", 86_400, _int(1), "finished jobs and their results are kept this long"
     )

@@ -29,6 +29,7 @@ from service.errors import StoreUnavailable
 from service.ids import ID_LENGTH, ID_TIME_CHARS, new_id
 from service.jobs.record import BatchProgress, JobRecord
 from service.jobs.state import JobState
+from service.jobs.store import INTERRUPTED
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_INTERVAL_S = 0.5
 PURGE_BATCH = 2000
 KEYED_PURGE_EVERY = 12  # janitor rounds between sweeps of the keyed results (a full scan)
-INTERRUPTED = "interrupted: the process running it stopped"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -110,8 +110,11 @@ def _connect(path: Path) -> sqlite3.Connection:
 class SqliteStore:
     """The :class:`~service.jobs.store.Store` on SQLite shards under ``directory``."""
 
-    def __init__(self, directory: Path, *, result_ttl_s: float, result_max: int) -> None:
+    def __init__(
+        self, directory: Path, *, result_ttl_s: float, result_max: int, max_bytes: int = 0
+    ) -> None:
         self.directory = directory
+        self.max_bytes = max_bytes
         self.result_ttl_s = result_ttl_s
         self.result_max = result_max
         self.slot = -1
@@ -140,6 +143,10 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run on a thread
             conn.executescript(SCHEMA)
+            if self.max_bytes:
+                # Past it a write fails as on a full disk: 503, never a 202 unstored.
+                page = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page)}")
         except (OSError, sqlite3.Error) as ex:
             raise StoreUnavailable(f"cannot open the job store in {self.directory}: {ex}") from ex
         self.slot, self._lock_fd, self._conn = shard, fd, conn
