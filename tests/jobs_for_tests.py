@@ -57,3 +57,23 @@ def slow_item(item: Any, *, seconds: float = 0.0) -> Any:
     if item == "bad":
         raise ValueError("bad item")
     return item
+
+
+@job("test.kill_worker", pool="io", timeout=10)
+def kill_worker() -> None:
+    """Kill the gunicorn worker running it, as a segfault or the OOM killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job("test.cpu_stuck_pid", pool="cpu", timeout=1)
+def cpu_stuck_pid(pid_file: str) -> None:
+    """Write this process's pid, then never return (until killed)."""
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+
+
+@job("test.io_stuck", pool="io", timeout=1)
+def io_stuck(seconds: float) -> None:
+    time.sleep(seconds)

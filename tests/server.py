@@ -54,6 +54,10 @@ class Server:
         self.args = args
         self.expect_workers = expect_workers
         self.log_path = state_dir.parent / f"{state_dir.name}-server.log"
+        n = 1
+        while self.log_path.exists():  # a restart on the same state dir: a log of its own
+            n += 1
+            self.log_path = state_dir.parent / f"{state_dir.name}-server-{n}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=60))
@@ -110,7 +114,12 @@ class Server:
             children = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [c.pid for c in children if "gunicorn" in " ".join(c.cmdline())]
+        pids = []
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "gunicorn" in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+        return pids
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
         """Signal the master (only the process we started) and wait for it."""
@@ -165,7 +174,9 @@ class Server:
         if json is not None:
             body = orjson.dumps(json)
             headers.setdefault("Content-Type", "application/json")
-        r = self.http.request(method, self.url(path), body=body, headers=headers)
+        # Reads are retried over a connection reset: the tests kill workers on purpose.
+        retries = urllib3.Retry(total=5, backoff_factor=0.2) if method == "GET" else False
+        r = self.http.request(method, self.url(path), body=body, headers=headers, retries=retries)
         return Response(r)
 
     def get(self, path: str, **kw: Any) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,9 @@ async def test_items_are_stored_per_owner_and_newest_wins(tmp_path: Path) -> Non
     """Item results are found by (job name, owner, key); a newer job's item wins."""
     a = store(tmp_path)
     await a.open()
-    old, new = record("parcel", items=[1]), record("parcel", items=[1])
+    now = time.time()
+    old = record("parcel", items=[1], id=new_id(lambda: now - 1))
+    new = record("parcel", items=[1], id=new_id(lambda: now))
     for job in (old, new):
         await a.add(job)
     await a.progress(new, BatchProgress(1, 0, [("p1", {"v": "new"})]))

@@ -1,0 +1,237 @@
+"""Reliability: a 202 is a promise. Each test does the damage for real to the real server
+and then checks the ledger: every job it was promised, in the exact final state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import urllib3
+
+from tests.conftest import SEED_BATCH
+from tests.server import Server
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def ledger(srv: Server, ids: list[str], within: float = 60) -> dict[str, dict[str, Any]]:
+    """The final document of every job in ``ids``; fails if any is not final in time."""
+    return {job_id: srv.wait_final(job_id, within) for job_id in ids}
+
+
+def rows_in_state(state_dir: Path, state: str) -> int:
+    """Jobs in ``state`` across the SQLite shards, read straight from the files."""
+    total = 0
+    for db in state_dir.glob("jobs-*.db"):
+        with sqlite3.connect(db) as conn:
+            total += conn.execute("SELECT count(*) FROM jobs WHERE state = ?", (state,)).fetchone()[
+                0
+            ]
+    return total
+
+
+def wait_for_new_worker(srv: Server, old: set[int], within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pids = set(srv.worker_pids())
+        if pids and not pids & old and len(pids) >= (srv.workers or 1):
+            try:
+                if srv.get("/readyz").status == 200:
+                    return
+            except urllib3.exceptions.HTTPError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError("no replacement worker came up")
+
+
+def submit_sleepers(srv: Server, n: int, seconds: float) -> list[str]:
+    ids = []
+    for i in range(n):
+        r = srv.post("/test/jobs/test.sleep", json={"seconds": seconds, "tag": str(i)})
+        assert r.status == 202, r
+        ids.append(r.json()["job"])
+    return ids
+
+
+def test_killed_worker_jobs_are_run_again(server_factory: Callable[..., Server]) -> None:
+    """SIGKILL a worker holding running and queued jobs: all succeed, the cut-off ones on a
+    second attempt."""
+    srv = server_factory(workers=1, env={"JOBPOOL_IO_THREADS": "2"})
+    ids = submit_sleepers(srv, 6, 1.0)
+    time.sleep(0.3)  # two are running now, four queued
+    running = [i for i in ids if srv.get(f"/v1/jobs/{i}").json()["state"] == "running"]
+    assert len(running) == 2
+    old = set(srv.worker_pids())
+    os.kill(old.pop(), signal.SIGKILL)
+    wait_for_new_worker(srv, set(srv.worker_pids()) | {*old})
+    docs = ledger(srv, ids)
+    assert {d["state"] for d in docs.values()} == {"succeeded"}
+    assert sorted(i for i, d in docs.items() if d["attempts"] == 2) == sorted(running)
+    assert all(d["attempts"] == 1 for i, d in docs.items() if i not in running)
+
+
+def test_a_job_that_kills_its_worker_is_failed_after_max_attempts(
+    server_factory: Callable[..., Server],
+) -> None:
+    """A job whose every run kills its worker is run JOBPOOL_MAX_ATTEMPTS times, then failed."""
+    srv = server_factory(workers=1, env={"JOBPOOL_MAX_ATTEMPTS": "2"})
+    fine = submit_sleepers(srv, 2, 0.1)
+    poison = srv.post("/test/jobs/test.kill_worker", json={}).json()["job"]
+    doc = srv.wait_final(poison, 60)
+    assert doc["state"] == "failed"
+    assert doc["error"].startswith("gave up after 2 attempts")
+    assert doc["attempts"] == 3  # the third start is where it was given up
+    assert {d["state"] for d in ledger(srv, fine).values()} == {"succeeded"}
+
+
+def test_whole_server_killed_then_restarted_runs_every_accepted_job(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    """SIGKILL master and workers: a new server on the same state dir runs every 202 job."""
+    srv = server_factory("state", workers=2, env={"JOBPOOL_IO_THREADS": "2"})
+    ids = submit_sleepers(srv, 10, 0.5)
+    batch = srv.post("/v1/parcels", json=SEED_BATCH).json()["job"]
+    srv.kill_all()
+    assert rows_in_state(tmp_path / "state", "succeeded") < 11  # not all were done
+    again = server_factory("state", workers=2)
+    docs = ledger(again, [*ids, batch])
+    assert Counter(d["state"] for d in docs.values()) == Counter({"succeeded": 11})
+    for item in SEED_BATCH["Data"]:
+        assert again.get(f"/v1/parcels/{item['id']}").json() == item
+
+
+def test_sigterm_finishes_running_jobs_and_keeps_queued_ones(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    """On SIGTERM running jobs finish, queued ones stay queued (none left running) and run
+    at the next start."""
+    srv = server_factory("state", workers=1, env={"JOBPOOL_IO_THREADS": "2",
+                                                  "JOBPOOL_GRACEFUL_TIMEOUT_S": "20"})  # fmt: skip
+    ids = submit_sleepers(srv, 8, 1.5)
+    time.sleep(0.3)
+    running = [i for i in ids if srv.get(f"/v1/jobs/{i}").json()["state"] == "running"]
+    assert len(running) == 2
+    # An idle kept-alive connection, as a load balancer holds: it must not delay the drain.
+    idle = urllib3.PoolManager()
+    idle.request("GET", srv.url("/healthz"))
+    assert srv.stop(signal.SIGTERM, timeout=60) == 0
+    state = tmp_path / "state"
+    assert rows_in_state(state, "running") == 0
+    assert rows_in_state(state, "succeeded") == 2
+    assert rows_in_state(state, "queued") == 6
+    again = server_factory("state", workers=1)
+    docs = ledger(again, ids)
+    assert {d["state"] for d in docs.values()} == {"succeeded"}
+    assert all(docs[i]["attempts"] == 1 for i in ids)
+    idle.clear()
+
+
+def test_overload_refuses_fast_and_loses_nothing(server_factory: Callable[..., Server]) -> None:
+    """At ~3x the cpu pool's capacity every answer is 202 or 503 + Retry-After, memory stays
+    bounded, /healthz answers, and every 202 job completes."""
+    srv = server_factory(workers=2, env={"JOBPOOL_CPU_WORKERS": "2", "JOBPOOL_CPU_QUEUE_MAX": "6"})
+    assert srv.proc is not None
+    master = psutil.Process(srv.proc.pid)
+    # Capacity: 2 processes x (1 / 0.2 s) = 10 jobs/s. Offered: 6 clients without pause.
+    stop = threading.Event()
+    statuses: Counter[int] = Counter()
+    accepted: list[str] = []
+    missing_retry_after = 0
+    health_failures = 0
+    peak_rss = 0
+    lock = threading.Lock()
+
+    def client() -> None:
+        nonlocal missing_retry_after
+        http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=10))
+        while not stop.is_set():
+            r = http.request(
+                "POST", srv.url("/test/jobs/test.cpu_spin"), body=b'{"seconds": 0.2}',
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            with lock:
+                statuses[r.status] += 1
+                if r.status == 202:
+                    accepted.append(r.json()["job"])
+                elif r.status == 503 and "Retry-After" not in r.headers:
+                    missing_retry_after += 1
+            if r.status == 503:
+                time.sleep(0.03)
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 6
+    health = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=2))
+    while time.monotonic() < deadline:
+        try:
+            if health.request("GET", srv.url("/healthz")).status != 200:
+                health_failures += 1
+        except urllib3.exceptions.HTTPError:
+            health_failures += 1
+        family = [master, *master.children(recursive=True)]
+        peak_rss = max(peak_rss, sum(p.memory_info().rss for p in family if p.is_running()))
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert set(statuses) <= {202, 503}, statuses
+    assert statuses[503] > statuses[202] // 2, statuses  # the load really was over capacity
+    assert missing_retry_after == 0
+    assert health_failures == 0
+    assert peak_rss < 600 * 2**20, f"{peak_rss / 2**20:.0f} MiB"
+    docs = ledger(srv, accepted, within=120)
+    assert {d["state"] for d in docs.values()} == {"succeeded"}
+
+
+def test_timeouts_fail_the_job_and_kill_a_stuck_cpu_process(server: Server, tmp_path: Path) -> None:
+    """An io task past its timeout fails as timed out; a stuck cpu process is killed and
+    replaced, and the pool keeps serving."""
+    io = server.post("/test/jobs/test.io_stuck", json={"seconds": 3}, headers={"Prefer": "wait=20"})
+    assert io.json()["state"] == "failed"
+    assert io.json()["error"] == "timed out after 1 s"
+    pid_file = tmp_path / "stuck.pid"
+    cpu = server.post("/test/jobs/test.cpu_stuck_pid", json={"pid_file": str(pid_file)},
+                      headers={"Prefer": "wait=20"})  # fmt: skip
+    assert cpu.json()["state"] == "failed"
+    assert cpu.json()["error"] == "timed out after 1 s"
+    stuck = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(stuck) and psutil.Process(stuck).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the stuck process was left running"
+        time.sleep(0.05)
+    after = server.post(
+        "/test/jobs/test.cpu_spin", json={"seconds": 0.01}, headers={"Prefer": "wait=20"}
+    )
+    assert after.status == 200
+    assert after.json()["pid"] != stuck
+
+
+def test_a_full_store_answers_503_and_never_acknowledges_an_unstored_job(
+    server_factory: Callable[..., Server],
+) -> None:
+    """With the store at its size cap, submits get 503; every job that got a 202 is stored."""
+    srv = server_factory(workers=1, env={"JOBPOOL_STORE_MAX_BYTES": str(256 * 1024)})
+    accepted, refused = [], 0
+    big = {"Data": [{**item, "data": "z" * 2000} for item in SEED_BATCH["Data"]]}
+    for _ in range(200):
+        r = srv.post("/v1/parcels", json=big)
+        if r.status == 202:
+            accepted.append(r.json()["job"])
+        else:
+            assert r.status == 503, r
+            assert "store" in r.json()["detail"]
+            refused += 1
+    assert accepted
+    assert refused > 0
+    for job_id in accepted:
+        assert srv.get(f"/v1/jobs/{job_id}").status == 200
+    assert srv.get("/healthz").status == 200
