@@ -1,0 +1,171 @@
+"""Chaos soak: a steady stream of seed batches and image jobs while a random worker is
+SIGKILLed every few seconds; then the ledger.
+
+    python -m bench.chaos [--seconds 60] [--kill-every 4] [--clients 4]
+
+Every job that got a 202 must reach a final state: lost = 0 is the target. Requests that
+were in flight when their worker died got no answer ("unanswered"): the client cannot know
+whether they were stored, which is why clients retry and jobs are made idempotent
+(README, "Delivery guarantees"). Loopback only; bounded in time; stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import psutil
+import urllib3
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.imagegen import photo_like  # noqa: E402
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def start(port: int, state: Path, workers: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
+    env.update({"PYTHONPATH": str(ROOT), "JOBPOOL_STATE_DIR": str(state),
+                "JOBPOOL_LOG_LEVEL": "warning", "JOBPOOL_PARCEL_LATENCY_MS": "5-55"})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "service.asgi:app"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    http = urllib3.PoolManager(retries=False, timeout=2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if http.request("GET", f"http://127.0.0.1:{port}/readyz").status == 200:
+                return proc
+        except urllib3.exceptions.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--kill-every", type=float, default=4)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--port", type=int, default=18520)
+    ap.add_argument("--settle", type=float, default=120, help="seconds to wait for the rest")
+    args = ap.parse_args()
+    base = f"http://127.0.0.1:{args.port}"
+    image = photo_like(800, 600, "jpeg")
+    accepted: dict[str, str] = {}  # job id -> kind
+    batch_items: dict[str, list[dict[str, str]]] = {}
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+    kills = 0
+
+    def client(n: int) -> None:
+        http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=30))
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            if seq % 4 == 0:
+                kind, path, body = "image", "/v1/images?op=thumbnail&width=200&height=200", image
+                headers = {"Content-Type": "image/jpeg"}
+                items = None
+            else:
+                kind, path = "batch", "/v1/parcels"
+                items = [{"id": f"c{n}-{seq}-{i}", "time": "2017-01-01T00:00:01Z",
+                          "data": f"payload {n} {seq} {i}"} for i in range(9)]  # fmt: skip
+                body = orjson.dumps({"Data": items})
+                headers = {"Content-Type": "application/json"}
+            try:
+                r = http.request("POST", base + path, body=body, headers=headers)
+            except urllib3.exceptions.HTTPError:
+                with lock:
+                    outcomes["unanswered"] += 1
+                continue
+            with lock:
+                if r.status == 202:
+                    job = orjson.loads(r.data)["job"]
+                    accepted[job] = kind
+                    if items is not None:
+                        batch_items[job] = items
+                else:
+                    outcomes[f"http {r.status}"] += 1
+            if r.status == 503:
+                time.sleep(0.05)
+
+    with tempfile.TemporaryDirectory(prefix="jobpool-chaos-") as tmp:
+        proc = start(args.port, Path(tmp), args.workers)
+        try:
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+            for t in threads:
+                t.start()
+            end = time.monotonic() + args.seconds
+            while time.monotonic() < end:
+                time.sleep(min(args.kill_every, max(0.0, end - time.monotonic())))
+                workers = psutil.Process(proc.pid).children()
+                if workers and time.monotonic() < end:
+                    os.kill(random.choice(workers).pid, signal.SIGKILL)
+                    kills += 1
+            stop.set()
+            for t in threads:
+                t.join()
+            # Settle: every accepted job must reach a final state.
+            http = urllib3.PoolManager(retries=urllib3.Retry(total=10, backoff_factor=0.2),
+                                       timeout=urllib3.Timeout(connect=5, read=30))  # fmt: skip
+            states: dict[str, dict[str, object]] = {}
+            deadline = time.monotonic() + args.settle
+            pending = set(accepted)
+            while pending and time.monotonic() < deadline:
+                for job in list(pending):
+                    r = http.request("GET", f"{base}/v1/jobs/{job}")
+                    doc = orjson.loads(r.data) if r.status == 200 else {"state": f"http {r.status}"}
+                    states[job] = doc
+                    if doc.get("state") in FINAL:
+                        pending.discard(job)
+                time.sleep(0.5)
+            # Spot-check parcels of succeeded batches: each reads back as it was sent.
+            wrong_parcels = 0
+            checked = [j for j in batch_items if states[j].get("state") == "succeeded"][:50]
+            for job in checked:
+                for item in batch_items[job]:
+                    r = http.request("GET", f"{base}/v1/parcels/{item['id']}")
+                    if r.status != 200 or orjson.loads(r.data) != item:
+                        wrong_parcels += 1
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    finals = Counter(str(states.get(j, {}).get("state")) for j in accepted)
+    reasons = Counter(str(states[j].get("error"))[:70] for j in accepted
+                      if states.get(j, {}).get("state") == "failed")  # fmt: skip
+    attempts = Counter(int(states[j].get("attempts") or 0) for j in accepted if j in states)
+    lost = sum(n for s, n in finals.items() if s not in FINAL)
+    print(f"chaos: {args.seconds:.0f} s, {args.clients} clients, {args.workers} workers, "
+          f"{kills} workers SIGKILLed (one every {args.kill_every:g} s)")  # fmt: skip
+    kinds = Counter(accepted.values())
+    print(f"accepted (202):   {len(accepted)}  ({kinds['batch']} batches, {kinds['image']} images)")
+    for state in ("succeeded", "failed", "cancelled"):
+        print(f"  {state + ':':<16}{finals.get(state, 0)}")
+    for reason, n in reasons.most_common():
+        print(f"      {n:>5}  {reason}")
+    print(f"  lost:           {lost}   (target 0)")
+    print(f"attempts:         {dict(sorted(attempts.items()))}")
+    print(f"not accepted:     {dict(outcomes)}")
+    print(f"parcels checked:  {sum(len(batch_items[j]) for j in checked)}, wrong: {wrong_parcels}")
+
+
+if __name__ == "__main__":
+    main()
