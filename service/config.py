@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
@@ -95,6 +96,61 @@ def _providers(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class StoreUrl:
+    """Where the job store lives: SQLite shards in a directory, or a Redis server."""
+
+    scheme: Literal["sqlite", "redis", "rediss"]
+    #: The SQLite directory (``sqlite``), or the whole URL as given (``redis``, ``rediss``).
+    target: str
+
+    @property
+    def is_redis(self) -> bool:
+        return self.scheme != "sqlite"
+
+    @property
+    def path(self) -> Path:
+        if self.is_redis:
+            raise ValueError("a Redis store has no path")
+        return Path(self.target)
+
+    def __repr__(self) -> str:
+        return f"StoreUrl({self.redacted()!r})"
+
+    def redacted(self) -> str:
+        """The URL without its password, for logs and errors."""
+        return _hide_password(self.target) if self.is_redis else f"sqlite://{self.target}"
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _store_url(raw: str) -> StoreUrl:
+    """``sqlite:///DIR`` (an absolute directory), ``redis://HOST[:PORT][/DB]``, ``rediss://…``."""
+    text = raw.strip()
+    shown = repr(_hide_password(text))  # errors are printed: never with the password
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if scheme == "sqlite" and sep:
+        if not rest.startswith("/") or not rest.strip("/"):
+            raise ValueError(f"{shown} must name an absolute directory: sqlite:///var/lib/jobpool")
+        return StoreUrl("sqlite", "/" + rest.lstrip("/"))
+    if scheme not in {"redis", "rediss"} or not sep:
+        raise ValueError(f"{shown} is not a sqlite:///DIR, redis:// or rediss:// URL")
+    parts = urllib.parse.urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ValueError(f"{shown} has an invalid port") from None
+    if not parts.hostname:
+        raise ValueError(f"{shown} names no host: {scheme}://HOST[:PORT][/DB]")
+    db = parts.path.strip("/")
+    if db and not (db.isdigit() and int(db) < 1 << 16):
+        raise ValueError(f"{shown}: the database after the host must be a number")
+    return StoreUrl("rediss" if scheme == "rediss" else "redis", text)
+
+
 def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -116,7 +172,21 @@ class Settings:
     worker_timeout_s: int = _setting(
         "WORKER_TIMEOUT_S", 30, _int(2, 3600), "a silent worker is killed after this"
     )
-    state_dir: Path = _setting("STATE_DIR", Path("var"), Path, "where the SQLite files live")
+    state_dir: Path = _setting(
+        "STATE_DIR", Path("var"), Path, "SQLite files (by default), slot and cpu-token locks"
+    )
+    store_url: StoreUrl | None = _setting(
+        "STORE_URL",
+        None,
+        _store_url,
+        "the job store: sqlite:///DIR, or redis://HOST:PORT/DB (rediss:// for TLS) for a fleet",
+    )
+    lease_s: int = _setting(
+        "LEASE_S", 30, _int(2, 3600), "Redis store: a host silent this long loses its running jobs"
+    )
+    fleet_queue_max: int = _setting(
+        "FLEET_QUEUE_MAX", 10_000, _int(1), "Redis store: jobs waiting in the shared queue per pool"
+    )
     io_threads: int = _setting("IO_THREADS", 32, _int(1, 1024), "io pool threads per worker")
     cpu_workers: int = _setting(
         "CPU_WORKERS", 0, _int(0, 1024), "cpu processes on the whole host; 0 means vCPUs"
@@ -228,6 +298,14 @@ class Settings:
             object.__setattr__(self, "workers", vcpus())
         if self.cpu_workers == 0:
             object.__setattr__(self, "cpu_workers", vcpus())
+        if self.store_url is None:
+            object.__setattr__(self, "store_url", StoreUrl("sqlite", str(self.state_dir)))
+
+    @property
+    def store(self) -> StoreUrl:
+        """The job store's URL (SQLite in the state directory unless JOBPOOL_STORE_URL)."""
+        assert self.store_url is not None  # filled in by __post_init__
+        return self.store_url
 
     @classmethod
     def documented(cls) -> list[tuple[str, str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -40,6 +41,14 @@ def test_settings_defaults_fill_in_the_host() -> None:
         ("JOBPOOL_PARCEL_LATENCY_MS", "fast", "millisecond range"),
         ("JOBPOOL_LOG_LEVEL", "loud", "not one of"),
         ("JOBPOOL_MAX_ATTEMPTS", "0", "out of range"),
+        ("JOBPOOL_STORE_URL", "postgres://db/jobs", "not a sqlite:///DIR, redis://"),
+        ("JOBPOOL_STORE_URL", "sqlite://relative/dir", "absolute directory"),
+        ("JOBPOOL_STORE_URL", "sqlite:///", "absolute directory"),
+        ("JOBPOOL_STORE_URL", "redis://:6379/0", "names no host"),
+        ("JOBPOOL_STORE_URL", "redis://cache:port/0", "invalid port"),
+        ("JOBPOOL_STORE_URL", "redis://cache:6379/zero", "must be a number"),
+        ("JOBPOOL_LEASE_S", "1", "out of range"),
+        ("JOBPOOL_FLEET_QUEUE_MAX", "0", "out of range"),
     ],
 )
 def test_bad_setting_names_the_variable(name: str, value: str, message: str) -> None:
@@ -49,6 +58,43 @@ def test_bad_setting_names_the_variable(name: str, value: str, message: str) -> 
     assert info.value.detail.startswith(f"{name}: ")
     assert message in info.value.detail
     assert "\n" not in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "scheme", "target"),
+    [
+        ("sqlite:///var/lib/jobpool", "sqlite", "/var/lib/jobpool"),
+        ("sqlite:////var/lib/jobpool", "sqlite", "/var/lib/jobpool"),
+        ("redis://cache.internal:6379/2", "redis", "redis://cache.internal:6379/2"),
+        ("redis://localhost", "redis", "redis://localhost"),
+        (
+            "rediss://:s3cret@cache.internal:6380/0",
+            "rediss",
+            "rediss://:s3cret@cache.internal:6380/0",
+        ),
+    ],
+)
+def test_store_url_parses(raw: str, scheme: str, target: str) -> None:
+    """JOBPOOL_STORE_URL takes an absolute SQLite directory or a redis:// / rediss:// URL."""
+    url = Settings.from_env({"JOBPOOL_STORE_URL": raw}).store
+    assert (url.scheme, url.target) == (scheme, target)
+
+
+def test_store_url_defaults_to_sqlite_in_the_state_dir() -> None:
+    """Without JOBPOOL_STORE_URL the SQLite files live in JOBPOOL_STATE_DIR."""
+    url = Settings.from_env({"JOBPOOL_STATE_DIR": "/srv/jobs"}).store
+    assert (url.scheme, url.path) == ("sqlite", Path("/srv/jobs"))
+    assert not url.is_redis
+
+
+def test_a_redis_password_never_shows() -> None:
+    """The password of a Redis URL is hidden in errors, logs and the settings' repr."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"JOBPOOL_STORE_URL": "redis://user:s3cret@cache/db"})
+    assert "s3cret" not in info.value.detail
+    s = Settings.from_env({"JOBPOOL_STORE_URL": "rediss://:s3cret@cache:6380/0"})
+    assert "s3cret" not in repr(s)
+    assert s.store.redacted() == "rediss://:***@cache:6380/0"
 
 
 def test_latency_range_parses() -> None:
