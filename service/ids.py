@@ -25,3 +25,8 @@ def new_id(clock: Callable[[], float] = time.time) -> str:
 def is_valid(text: str) -> bool:
     """Whether ``text`` has the shape of an id (cheap check before any store lookup)."""
     return len(text) == ID_LENGTH and all(c in ALPHABET for c in text) and text[0] <= "7"
+
+
+def id_floor(ts: float) -> str:
+    """The smallest id that can be made at time ``ts``: ids made earlier sort below it."""
+    return new_id(lambda: ts)[:ID_TIME_CHARS] + "0" * (ID_LENGTH - ID_TIME_CHARS)

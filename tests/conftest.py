@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from falcon import testing
 from service.app import create_app
 from service.config import Settings
 from tests.extension import extend
+from tests.redis_server import RedisServer, redis_server_binary
 from tests.server import Server
 
 SEED_BATCH = {
@@ -82,3 +84,47 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 def server(server_factory: Callable[..., Server]) -> Server:
     """One real gunicorn server (2 workers) with the test routes."""
     return server_factory()
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    """The redis-server program; the tests that need it skip without it (fail in CI)."""
+    binary = redis_server_binary()
+    if binary is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_session(
+    redis_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
+    """One redis-server for the whole run, on a free loopback port."""
+    srv = RedisServer(tmp_path_factory.mktemp("redis"), binary=redis_binary).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """The URL of the session's Redis, emptied for this test."""
+    assert redis_session.command("FLUSHALL") == "+OK"
+    return redis_session.url
+
+
+@pytest.fixture
+def redis_factory(redis_binary: str, tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """Redis servers of a test's own (to stop and start); every one is stopped at the end."""
+    started: list[RedisServer] = []
+
+    def start() -> RedisServer:
+        srv = RedisServer(tmp_path / f"redis-{len(started)}", binary=redis_binary)
+        started.append(srv)
+        return srv.start()
+
+    yield start
+    for srv in started:
+        srv.stop()

@@ -21,13 +21,15 @@ import pickle
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from service.errors import StoreUnavailable
-from service.ids import ID_LENGTH, ID_TIME_CHARS, new_id
+from service.ids import id_floor
 from service.jobs.record import BatchProgress, JobRecord
+from service.jobs.registry import Pool
+from service.jobs.slots import claim_slot
 from service.jobs.state import JobState
 from service.jobs.store import INTERRUPTED
 
@@ -110,6 +112,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 class SqliteStore:
     """The :class:`~service.jobs.store.Store` on SQLite shards under ``directory``."""
 
+    #: Each worker runs what it accepted (and what it adopts): nothing to claim.
+    shares_queue = False
+
     def __init__(
         self, directory: Path, *, result_ttl_s: float, result_max: int, max_bytes: int = 0
     ) -> None:
@@ -157,16 +162,7 @@ class SqliteStore:
         log.info("job store shard %s claimed in %s", shard, self.directory)
 
     def _claim(self) -> tuple[int, int]:
-        shard = 0
-        while True:
-            fd = os.open(self.directory / f"jobs-{shard}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                shard += 1
-                continue
-            return shard, fd
+        return claim_slot(self.directory, "jobs-{}.lock")
 
     async def close(self) -> None:
         if self._pending:
@@ -239,7 +235,7 @@ class SqliteStore:
 
     # -- the Store interface ----------------------------------------------------------
 
-    async def add(self, record: JobRecord) -> None:
+    async def add(self, record: JobRecord) -> JobState:
         items = None if record.items is None else _dumps(record.items)
         params = (
             record.id, record.name, record.owner, record.state.value, record.created_at,
@@ -254,6 +250,10 @@ class SqliteStore:
             )
 
         await self._write(op)
+        return record.state
+
+    async def claim(self, room: Mapping[Pool, int], now: float) -> list[JobRecord]:
+        return []
 
     async def start(self, job_id: str, now: float) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
@@ -435,11 +435,6 @@ class SqliteStore:
             if reader is conn:
                 return path
         raise LookupError("unknown connection")
-
-
-def id_floor(ts: float) -> str:
-    """The smallest id that can be made at time ``ts``: ids made earlier sort below it."""
-    return new_id(lambda: ts)[:ID_TIME_CHARS] + "0" * (ID_LENGTH - ID_TIME_CHARS)
 
 
 def _progress_writer(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from service.jobs.record import BatchProgress, JobRecord
+from service.jobs.registry import Pool
 from service.jobs.state import JobState
 
 #: The error a job carries when it was found running by a process that is gone (a crash).
@@ -17,14 +19,27 @@ class Store(Protocol):
     #: This worker's slot on its host (0, 1, ...), claimed by :meth:`open`.
     slot: int
 
+    #: Whether workers of other processes and hosts share this store's queue (Redis, a
+    #: fleet). Then a job that cannot start at once waits in the store, not in the worker
+    #: that accepted it, and every worker takes work with :meth:`claim` when it has room.
+    #: False (SQLite): each worker runs what it accepted; :meth:`claim` finds nothing.
+    shares_queue: bool
+
     async def open(self) -> None:
         """Claim this worker's part of the store and make it ready."""
 
     async def close(self) -> None: ...
 
-    async def add(self, record: JobRecord) -> None:
+    async def add(self, record: JobRecord) -> JobState:
         """Store a new job (queued, or running when it starts at once); return once it is
-        durable (the 202 waits for this)."""
+        durable (the 202 waits for this), with the state it was stored in: a shared queue
+        that holds older jobs of the same pool stores a job offered as running as queued
+        (first come, first served across the fleet). Raises Overloaded when a shared queue
+        is full."""
+
+    async def claim(self, room: Mapping[Pool, int], now: float) -> list[JobRecord]:
+        """Start (queued → running, attempts + 1) up to ``room[pool]`` of the oldest queued
+        jobs of each pool for this worker, and return them."""
 
     async def start(self, job_id: str, now: float) -> bool:
         """queued → running (attempts + 1); False if it is no longer queued (cancelled)."""
@@ -59,10 +74,12 @@ class Store(Protocol):
         """Jobs of this worker's part that are queued or running (to run after a restart).
 
         Running ones were cut off by a crash: they come back queued, with error INTERRUPTED.
+        A shared queue puts them back in the queue instead and returns none.
         """
 
     async def adopt_orphans(self) -> list[JobRecord]:
-        """Unfinished jobs of parts nobody holds any more, now this worker's to run."""
+        """Unfinished jobs of parts nobody holds any more, now this worker's to run. A
+        shared queue puts jobs whose lease ran out back in the queue and returns none."""
 
     async def purge(self, now: float) -> int:
         """Delete finished jobs older than the result TTL; return how many."""

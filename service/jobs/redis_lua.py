@@ -1,0 +1,318 @@
+"""The Redis store's scripts: each one state change of a job, done atomically in Redis.
+
+Every script gets the key prefix as ``ARGV[1]`` and builds its keys from it (a job's hash
+is found from a stream entry, so the keys cannot all be declared up front: jobpool needs a
+standalone Redis or a primary with replicas, not Redis Cluster).
+
+Streams (group ``jobpool`` on each):
+
+- ``queue:<pool>``: jobs waiting to run. A job is added when it is accepted (or put back);
+  a worker with room reads the oldest with XREADGROUP and starts them in the same script,
+  acknowledging and deleting the entries at once.
+- ``running``: jobs running somewhere. Nobody reads it with ``>``: the worker that starts
+  a job adds an entry and takes it into its own pending list (XCLAIM FORCE). The entry's
+  idle time is the job's lease: its worker renews it (XCLAIM JUSTID) and acknowledges it
+  when the job ends. An entry idle longer than the lease belongs to a worker that is gone:
+  XAUTOCLAIM hands it to a live worker, which puts the job back in its queue.
+
+A job's hash holds ``entry`` and ``stream``: the one stream entry that stands for it now.
+"""
+
+from __future__ import annotations
+
+PRELUDE = r"""
+local P = ARGV[1]
+local G = 'jobpool'
+local RUN = P .. 'running'
+
+local function field(job, name)
+  return redis.call('HGET', job, name)
+end
+
+local function ensure_group(stream)
+  -- BUSYGROUP (it exists) is the usual answer; pcall keeps it from ending the script.
+  redis.pcall('XGROUP', 'CREATE', stream, G, '0', 'MKSTREAM')
+end
+
+local function drop_entry(job)
+  local e = redis.call('HGET', job, 'entry')
+  if e then
+    local s = redis.call('HGET', job, 'stream')
+    redis.call('XACK', s, G, e)
+    redis.call('XDEL', s, e)
+    redis.call('HDEL', job, 'entry', 'stream', 'holder')
+  end
+end
+
+local function enqueue(job, id)
+  local q = P .. 'queue:' .. redis.call('HGET', job, 'pool')
+  local e = redis.call('XADD', q, '*', 'job', id)
+  redis.call('HSET', job, 'entry', e, 'stream', q)
+  return e
+end
+
+-- queued -> running for consumer `me`: one more attempt, and a lease entry of its own.
+local function start(job, id, me, now)
+  drop_entry(job)
+  redis.call('HSET', job, 'state', 'running', 'started', now)
+  redis.call('HINCRBY', job, 'attempts', 1)
+  local e = redis.call('XADD', RUN, '*', 'job', id)
+  redis.call('XCLAIM', RUN, G, me, 0, e, 'FORCE', 'JUSTID')
+  redis.call('HSET', job, 'entry', e, 'stream', RUN, 'holder', me)
+  return e
+end
+
+-- Item results with a key (a parcel's id): the newest job's value wins.
+local function write_items(id, created, i)
+  local n = tonumber(ARGV[i])
+  for k = i + 1, i + 2 * n, 2 do
+    local key, value = ARGV[k], ARGV[k + 1]
+    local holder = redis.call('HGET', key, 'job')
+    if not holder or holder <= id then
+      redis.call('HSET', key, 'job', id, 'value', value)
+      redis.call('ZADD', P .. 'items', created, key)
+    end
+  end
+  return i + 1 + 2 * n
+end
+
+-- A job that was running where it no longer runs goes back to its queue.
+local function interrupt(e, reason)
+  local entry = redis.call('XRANGE', RUN, e, e)
+  redis.call('XACK', RUN, G, e)
+  redis.call('XDEL', RUN, e)
+  if not entry[1] then return 0 end
+  local id = entry[1][2][2]
+  local job = P .. 'job:' .. id
+  if redis.call('HGET', job, 'entry') ~= e or redis.call('HGET', job, 'state') ~= 'running' then
+    return 0
+  end
+  redis.call('HDEL', job, 'entry', 'stream', 'holder')
+  redis.call('HSET', job, 'state', 'queued', 'error', reason)
+  enqueue(job, id)
+  return 1
+end
+"""
+
+#: ARGV: prefix, id, pool, want running (1/0), queue max, consumer, now, field, value, …
+#: Returns {state, entry}: running (leased by the consumer), queued, or full (not stored).
+ADD = r"""
+local id, pool, want, qmax, me, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local job = P .. 'job:' .. id
+if redis.call('EXISTS', job) == 1 then  -- a retry of an add that was stored
+  return {redis.call('HGET', job, 'state'), redis.call('HGET', job, 'entry') or ''}
+end
+local waiting = redis.call('XLEN', P .. 'queue:' .. pool)
+if want == '1' and waiting == 0 then
+  ensure_group(RUN)
+  redis.call('HSET', job, 'pool', pool, 'attempts', 0, unpack(ARGV, 8))
+  return {'running', start(job, id, me, now)}
+end
+if waiting >= qmax then
+  return {'full', tostring(waiting)}
+end
+redis.call('HSET', job, 'pool', pool, 'state', 'queued', 'attempts', 0, unpack(ARGV, 8))
+return {'queued', enqueue(job, id)}
+"""
+
+#: ARGV: prefix, id, consumer, now. Returns the lease entry, or false if not queued.
+START = r"""
+local job = P .. 'job:' .. ARGV[2]
+if redis.call('HGET', job, 'state') ~= 'queued' then return false end
+ensure_group(RUN)
+return start(job, ARGV[2], ARGV[3], ARGV[4])
+"""
+
+#: ARGV: prefix, consumer, now, then pool, count pairs.
+#: Returns {{jobs left waiting per pool}, {{id, hash fields}, …}} of the jobs it started.
+CLAIM = r"""
+local me, now = ARGV[2], ARGV[3]
+local left, started = {}, {}
+ensure_group(RUN)
+for i = 4, #ARGV, 2 do
+  local q, n = P .. 'queue:' .. ARGV[i], tonumber(ARGV[i + 1])
+  if n > 0 and redis.call('XLEN', q) > 0 then
+    ensure_group(q)
+    local got = redis.call('XREADGROUP', 'GROUP', G, me, 'COUNT', n, 'STREAMS', q, '>')
+    if got then
+      for _, entry in ipairs(got[1][2]) do
+        local e, id = entry[1], entry[2][2]
+        local job = P .. 'job:' .. id
+        redis.call('XACK', q, G, e)
+        redis.call('XDEL', q, e)
+        if field(job, 'entry') == e and field(job, 'state') == 'queued' then
+          redis.call('HDEL', job, 'entry', 'stream')
+          start(job, id, me, now)
+          started[#started + 1] = {id, redis.call('HGETALL', job)}
+        end
+      end
+    end
+  end
+  left[#left + 1] = redis.call('XLEN', q)
+end
+return {left, started}
+"""
+
+#: ARGV: prefix, id, done, failed, created, n items, key, value, …
+PROGRESS = r"""
+local id = ARGV[2]
+local job = P .. 'job:' .. id
+write_items(id, ARGV[5], 6)
+if redis.call('EXISTS', job) == 1 then
+  redis.call('HSET', job, 'done', ARGV[3], 'failed', ARGV[4])
+end
+return 1
+"""
+
+#: ARGV: prefix, id, state, now, created, n items, key, value, …, n set, field, value, …,
+#: n del, field, … Only a queued or running job ends; returns the state it had.
+FINISH = r"""
+local id, state, now = ARGV[2], ARGV[3], ARGV[4]
+local job = P .. 'job:' .. id
+local i = write_items(id, ARGV[5], 6)
+local was = redis.call('HGET', job, 'state')
+if was ~= 'queued' and was ~= 'running' then return was or false end
+drop_entry(job)
+local n = tonumber(ARGV[i])
+if n > 0 then redis.call('HSET', job, unpack(ARGV, i + 1, i + 2 * n)) end
+i = i + 1 + 2 * n
+n = tonumber(ARGV[i])
+if n > 0 then redis.call('HDEL', job, unpack(ARGV, i + 1, i + n)) end
+redis.call('HSET', job, 'state', state, 'finished', now)
+redis.call('ZADD', P .. 'finished', now, id)
+return was
+"""
+
+#: ARGV: prefix, id, consumer, error or '' (none). running -> queued, if still this
+#: consumer's; it goes to the back of its queue.
+REQUEUE = r"""
+local id = ARGV[2]
+local job = P .. 'job:' .. id
+if field(job, 'state') ~= 'running' or field(job, 'holder') ~= ARGV[3] then return 0 end
+drop_entry(job)
+redis.call('HSET', job, 'state', 'queued')
+if ARGV[4] == '' then
+  redis.call('HDEL', job, 'error')
+else
+  redis.call('HSET', job, 'error', ARGV[4])
+end
+enqueue(job, id)
+return 1
+"""
+
+#: ARGV: prefix, id, now. queued -> cancelled; returns the state after, or false.
+CANCEL = r"""
+local id, now = ARGV[2], ARGV[3]
+local job = P .. 'job:' .. id
+local state = redis.call('HGET', job, 'state')
+if state ~= 'queued' then return state or false end
+drop_entry(job)
+redis.call('HSET', job, 'state', 'cancelled', 'finished', now)
+redis.call('ZADD', P .. 'finished', now, id)
+return 'cancelled'
+"""
+
+#: ARGV: prefix, consumer, reason, count. The running entries still pending for this
+#: consumer name (left by the process that had it before) go back to their queues.
+RECOVER_MINE = r"""
+local me, reason, count = ARGV[2], ARGV[3], tonumber(ARGV[4])
+ensure_group(RUN)
+local n = 0
+local pending = redis.call('XPENDING', RUN, G, '-', '+', count, me)
+for _, p in ipairs(pending) do
+  n = n + interrupt(p[1], reason)
+end
+return {n, #pending}
+"""
+
+#: ARGV: prefix, consumer, reason, lease ms, count, stale consumer ms, pool, …
+#: Entries idle longer than the lease: running ones go back to their queues; queue entries
+#: read but never acknowledged are put back. Consumers with nothing pending, idle for long,
+#: are forgotten. Returns the number of jobs put back.
+RECOVER_IDLE = r"""
+local me, reason, lease = ARGV[2], ARGV[3], ARGV[4]
+local count, stale = tonumber(ARGV[5]), tonumber(ARGV[6])
+ensure_group(RUN)
+local n, cursor, rounds = 0, '0-0', 0
+repeat
+  local r = redis.call('XAUTOCLAIM', RUN, G, me, lease, cursor, 'COUNT', count, 'JUSTID')
+  cursor = r[1]
+  for _, e in ipairs(r[2]) do n = n + interrupt(e, reason) end
+  rounds = rounds + 1
+until cursor == '0-0' or rounds >= 10
+for i = 7, #ARGV do
+  local q = P .. 'queue:' .. ARGV[i]
+  if redis.call('EXISTS', q) == 1 then
+    ensure_group(q)
+    local r = redis.call('XAUTOCLAIM', q, G, me, lease, '0-0', 'COUNT', count)
+    for _, entry in ipairs(r[2]) do
+      local e, id = entry[1], entry[2][2]
+      redis.call('XACK', q, G, e)
+      redis.call('XDEL', q, e)
+      local job = P .. 'job:' .. id
+      if field(job, 'entry') == e and field(job, 'state') == 'queued' then
+        enqueue(job, id)
+        n = n + 1
+      end
+    end
+  end
+end
+for _, stream in ipairs({RUN}) do
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', stream, G)) do
+    local info = {}
+    for k = 1, #c, 2 do info[c[k]] = c[k + 1] end
+    if info['pending'] == 0 and info['idle'] > stale and info['name'] ~= me then
+      redis.call('XGROUP', 'DELCONSUMER', stream, G, info['name'])
+    end
+  end
+end
+return n
+"""
+
+#: ARGV: prefix, consumer, entry, … Resets the idle time of the entries this consumer still
+#: holds; returns those it no longer holds (another worker took them over).
+RENEW = r"""
+local me = ARGV[2]
+local lost = {}
+for i = 3, #ARGV do
+  local e = ARGV[i]
+  local p = redis.call('XPENDING', RUN, G, e, e, 1)
+  if p[1] and p[1][2] == me then
+    redis.call('XCLAIM', RUN, G, me, 0, e, 'JUSTID')
+  else
+    lost[#lost + 1] = e
+  end
+end
+return lost
+"""
+
+#: ARGV: prefix, cutoff, limit. Deletes jobs finished before the cutoff and item results
+#: of jobs created before it; returns how many jobs.
+PURGE = r"""
+local cutoff, limit = ARGV[2], tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', '(' .. cutoff, 'LIMIT', 0, limit)
+for _, id in ipairs(ids) do
+  redis.call('DEL', P .. 'job:' .. id)
+  redis.call('ZREM', P .. 'finished', id)
+end
+local keys = redis.call('ZRANGEBYSCORE', P .. 'items', '-inf', '(' .. cutoff, 'LIMIT', 0, limit)
+for _, key in ipairs(keys) do
+  redis.call('DEL', key)
+  redis.call('ZREM', P .. 'items', key)
+end
+return #ids
+"""
+
+SCRIPTS = {
+    "add": ADD,
+    "start": START,
+    "claim": CLAIM,
+    "progress": PROGRESS,
+    "finish": FINISH,
+    "requeue": REQUEUE,
+    "cancel": CANCEL,
+    "recover_mine": RECOVER_MINE,
+    "recover_idle": RECOVER_IDLE,
+    "renew": RENEW,
+    "purge": PURGE,
+}

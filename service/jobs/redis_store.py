@@ -1,0 +1,434 @@
+"""The fleet store: every worker of every host shares one Redis.
+
+Same interface and behaviour as the SQLite store, plus what a fleet needs: a job accepted
+by one host is read, waited on and cancelled through any other; queued jobs wait in Redis
+streams, and a worker with room takes the oldest (:meth:`RedisStore.claim`), so a busy host
+does not sit on work an idle one could run; a running job holds a lease its worker renews,
+and when a host dies its leases run out and the others put its jobs back in the queue.
+The layout and each state change are in :mod:`service.jobs.redis_lua`.
+
+Why one pipeline per loop tick: the commands of all the requests a worker handles in one
+event-loop tick go to Redis in one round trip, while the previous one is in flight the next
+gathers. Each state change is one script, so a batch holds no half-done change.
+
+Why the worker still claims a host-local slot (a ``flock``ed file in the state directory):
+the slot shares out the host's cpu budget, and names this worker in Redis
+(``host/host-id/slot``), so the worker that replaces a dead one finds what it left at once,
+without waiting for its leases to run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import pickle
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from service.config import StoreUrl
+from service.errors import Overloaded, StoreUnavailable
+from service.ids import id_floor
+from service.jobs.record import BatchProgress, JobRecord
+from service.jobs.redis_lua import PRELUDE, SCRIPTS
+from service.jobs.registry import Pool
+from service.jobs.slots import claim_slot, host_id
+from service.jobs.state import JobState
+
+log = logging.getLogger(__name__)
+
+PREFIX = "jobpool:"
+CONNECT_TIMEOUT_S = 2.0
+COMMAND_TIMEOUT_S = 5.0
+RECOVER_BATCH = 200  # entries looked at per XPENDING / XAUTOCLAIM round
+PURGE_BATCH = 2000
+STALE_CONSUMER_LEASES = 10  # a consumer with nothing pending, idle this many leases, is dropped
+INTERRUPTED = "interrupted: the process running it stopped"
+
+
+def _dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
+    items = h.get(b"items")
+    result = h.get(b"result")
+    error = h.get(b"error")
+    started, finished = h.get(b"started"), h.get(b"finished")
+    return JobRecord(
+        id=job_id,
+        name=h[b"name"].decode(),
+        owner=h[b"owner"].decode(),
+        state=JobState(h[b"state"].decode()),
+        created_at=float(h[b"created"]),
+        started_at=None if started is None else float(started),
+        finished_at=None if finished is None else float(finished),
+        attempts=int(h.get(b"attempts", 0)),
+        error=None if error is None else error.decode(),
+        args=pickle.loads(h[b"args"]),
+        items=None if items is None else pickle.loads(items),
+        done=int(h.get(b"done", 0)),
+        failed=int(h.get(b"failed", 0)),
+        result=None if result is None else pickle.loads(result),
+    )
+
+
+def item_key(name: str, owner: str, key: str) -> bytes:
+    """The Redis key of one item result; lengths first, so no two triples share a key."""
+    parts = [p.encode() for p in (name, owner, key)]
+    return PREFIX.encode() + b"item:" + b":".join(b"%d:%s" % (len(p), p) for p in parts)
+
+
+class _Script:
+    def __init__(self, body: str) -> None:
+        self.text = PRELUDE + body
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()  # noqa: S324 - Redis's script id
+
+
+class RedisStore:
+    """The :class:`~service.jobs.store.Store` on a Redis server shared by a fleet."""
+
+    shares_queue = True
+
+    def __init__(
+        self,
+        url: StoreUrl,
+        *,
+        state_dir: Path,
+        lane_of: Callable[[str], str],
+        pools: Sequence[str],
+        result_ttl_s: float,
+        result_max: int,
+        lease_s: float,
+        queue_max: int,
+    ) -> None:
+        self.url = url
+        self.state_dir = state_dir
+        self.lane_of = lane_of
+        self.pools = tuple(pools)
+        self.result_ttl_s = result_ttl_s
+        self.result_max = result_max
+        self.lease_s = lease_s
+        self.queue_max = queue_max
+        self.slot = -1
+        self.consumer = ""
+        self._lock_fd: int | None = None
+        self._client: aioredis.Redis | None = None
+        self._scripts = {name: _Script(body) for name, body in SCRIPTS.items()}
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        #: Lease entries of the jobs this worker runs, by job id.
+        self._held: dict[str, bytes] = {}
+        self._down = False
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Claim a slot; connect. Redis being down is not fatal: calls answer 503 until
+        it is back, and readiness says so."""
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.slot, self._lock_fd = claim_slot(self.state_dir, "worker-{}.lock")
+            host = host_id(self.state_dir)
+        except OSError as ex:
+            raise StoreUnavailable(f"cannot claim a worker slot in {self.state_dir}: {ex}") from ex
+        self.consumer = f"{socket.gethostname()}/{host}/{self.slot}"
+        self._client = aioredis.Redis.from_url(
+            self.url.target,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            # One retry on a fresh connection: pooled ones die when Redis restarts. Not on
+            # timeouts: the command may have run.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            client_name=f"jobpool:{self.consumer}",
+            protocol=2,
+        )
+        try:
+            await self.ping()
+        except StoreUnavailable as ex:
+            log.error("%s; submits answer 503 until it is back", ex.detail)
+        else:
+            log.info("job store %s, worker %s", self.url.redacted(), self.consumer)
+        self._renewer = asyncio.create_task(self._renew_loop(), name="jobpool-leases")
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the slot is free for the next worker
+            self._lock_fd = None
+
+    # -- one pipeline per tick --------------------------------------------------------
+
+    def _call(self, *args: Any) -> asyncio.Future[Any]:
+        if self._client is None:
+            raise StoreUnavailable("the job store is closed")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((args, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return future
+
+    def _script(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        return self._call("EVALSHA", self._scripts[name].sha, 0, PREFIX, *args)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                ops, self._pending = self._pending, []
+                await self._send(ops)
+        finally:
+            self._flusher = None
+
+    async def _send(self, ops: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._pipeline([args for args, _ in ops])
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:  # Redis restarted (or flushed its scripts): load them, run those again
+                await self._load_scripts()
+                again = await self._pipeline([ops[i][0] for i in missing])
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+        except (RedisError, OSError) as ex:
+            error = self._unavailable(ex)
+            for _, future in ops:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self._is_up()
+        for (args, future), result in zip(ops, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, ResponseError):
+                log.error("Redis refused %s: %s", args[0], result)
+                future.set_exception(StoreUnavailable(f"the job store refused a write: {result}"))
+            else:
+                future.set_result(result)
+
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        assert self._client is not None
+        pipe = self._client.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    async def _load_scripts(self) -> None:
+        assert self._client is not None
+        for script in self._scripts.values():
+            await self._client.script_load(script.text)
+
+    def _unavailable(self, ex: BaseException) -> StoreUnavailable:
+        detail = f"the job store (Redis at {self.url.redacted()}) is unreachable: {ex}"
+        if not self._down:
+            self._down = True
+            log.error("%s", detail)
+        return StoreUnavailable(detail)
+
+    def _is_up(self) -> None:
+        if self._down:
+            self._down = False
+            log.warning("the job store (Redis at %s) is reachable again", self.url.redacted())
+
+    # -- the Store interface ----------------------------------------------------------
+
+    async def add(self, record: JobRecord) -> JobState:
+        fields: list[Any] = [
+            "name", record.name, "owner", record.owner,
+            "created", _num(record.created_at), "args", _dumps(record.args),
+        ]  # fmt: skip
+        if record.items is not None:
+            fields += ["items", _dumps(record.items)]
+        want = "1" if record.state is JobState.RUNNING else "0"
+        state, entry = await self._script(
+            "add", record.id, self.lane_of(record.name), want, self.queue_max, self.consumer,
+            _num(record.started_at or record.created_at), *fields,
+        )  # fmt: skip
+        if state == b"full":
+            pool = self.lane_of(record.name)
+            raise Overloaded(
+                f"the fleet's {pool} queue is full ({int(entry)} jobs waiting;"
+                f" JOBPOOL_FLEET_QUEUE_MAX is {self.queue_max})",
+                retry_after_s=1,
+            )
+        stored = JobState(state.decode())
+        if stored is JobState.RUNNING:
+            self._held[record.id] = entry
+        return stored
+
+    async def start(self, job_id: str, now: float) -> bool:
+        entry = await self._script("start", job_id, self.consumer, _num(now))
+        if entry is None:
+            return False
+        self._held[job_id] = entry
+        return True
+
+    async def claim(self, room: Mapping[Pool, int], now: float) -> list[JobRecord]:
+        args: list[Any] = []
+        for pool, count in room.items():
+            args += [pool, count]
+        _left, started = await self._script("claim", self.consumer, _num(now), *args)
+        records = []
+        for job_id, flat in started:
+            h = _fields(flat)
+            record = _record(job_id.decode(), h)
+            self._held[record.id] = h[b"entry"]
+            records.append(record)
+        return records
+
+    async def progress(self, record: JobRecord, progress: BatchProgress) -> None:
+        await self._script(
+            "progress", record.id, progress.done, progress.failed, _num(record.created_at),
+            *self._items(record, progress),
+        )  # fmt: skip
+
+    async def finish(
+        self,
+        record: JobRecord,
+        state: JobState,
+        now: float,
+        *,
+        result: Any = None,
+        error: str | None,
+        progress: BatchProgress | None = None,
+    ) -> None:
+        blob = None if result is None else _dumps(result)
+        if blob is not None and len(blob) > self.result_max:
+            state = JobState.FAILED
+            error = f"the result ({len(blob)} bytes) is over JOBPOOL_RESULT_MAX ({self.result_max})"
+            blob = None
+        put: list[Any] = []
+        gone: list[str] = []
+        for name, value in (("error", error), ("result", blob)):
+            if value is None:
+                gone.append(name)
+            else:
+                put += [name, value]
+        if progress is not None:
+            put += ["done", progress.done, "failed", progress.failed]
+        try:
+            await self._script(
+                "finish", record.id, state.value, _num(now), _num(record.created_at),
+                *self._items(record, progress), len(put) // 2, *put, len(gone), *gone,
+            )  # fmt: skip
+        finally:
+            # Written or not, this worker is done with it: if the write failed, the lease
+            # runs out and the job runs again elsewhere.
+            self._held.pop(record.id, None)
+
+    def _items(self, record: JobRecord, progress: BatchProgress | None) -> list[Any]:
+        keyed = progress.keyed if progress else []
+        out: list[Any] = [len(keyed)]
+        for key, value in keyed:
+            out += [item_key(record.name, record.owner, key), _dumps(value)]
+        return out
+
+    async def requeue(self, job_id: str, *, error: str | None) -> None:
+        try:
+            await self._script("requeue", job_id, self.consumer, error or "")
+        finally:
+            self._held.pop(job_id, None)
+
+    async def cancel(self, job_id: str, now: float) -> JobState | None:
+        state = await self._script("cancel", job_id, _num(now))
+        return None if state is None else JobState(state.decode())
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        fields = await self._call("HGETALL", PREFIX + "job:" + job_id)  # redis-py: a dict
+        return _record(job_id, fields) if fields else None
+
+    async def get_item(self, name: str, owner: str, key: str) -> Any | None:
+        job_id, value = await self._call("HMGET", item_key(name, owner, key), "job", "value")
+        if job_id is None or job_id.decode() < id_floor(time.time() - self.result_ttl_s):
+            return None  # expired, whether or not purge has deleted it yet
+        return pickle.loads(value)
+
+    async def unfinished(self) -> list[JobRecord]:
+        """Jobs the previous holder of this worker's name left running go back to the
+        queue (any worker with room takes them); none are returned to run here directly."""
+        try:
+            while True:
+                moved, seen = await self._script(
+                    "recover_mine", self.consumer, INTERRUPTED, RECOVER_BATCH
+                )
+                if moved:
+                    log.warning("put %d jobs left running by %s back in the queue",
+                                moved, self.consumer)  # fmt: skip
+                if seen < RECOVER_BATCH:
+                    break
+        except StoreUnavailable as ex:
+            # Not fatal: their leases run out, and whichever worker looks first requeues them.
+            log.error("recovery at start-up postponed: %s", ex.detail)
+        return []
+
+    async def adopt_orphans(self) -> list[JobRecord]:
+        """Jobs whose lease ran out (their host is gone) go back to the queue."""
+        moved = await self._script(
+            "recover_idle", self.consumer, INTERRUPTED, int(self.lease_s * 1000), RECOVER_BATCH,
+            int(self.lease_s * 1000 * STALE_CONSUMER_LEASES), *self.pools,
+        )  # fmt: skip
+        if moved:
+            log.warning("put %d jobs of workers that stopped renewing back in the queue", moved)
+        return []
+
+    async def purge(self, now: float) -> int:
+        purged: int = await self._script("purge", _num(now - self.result_ttl_s), PURGE_BATCH)
+        return purged
+
+    async def ping(self) -> None:
+        if self._client is None:
+            raise StoreUnavailable("the job store is closed")
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as ex:
+            raise self._unavailable(ex) from ex
+        self._is_up()
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            if not self._held:
+                continue
+            held = dict(self._held)
+            try:
+                lost = await self._script("renew", self.consumer, *held.values())
+            except StoreUnavailable:
+                continue  # logged once by _unavailable; try again next round
+            if lost:
+                gone = set(lost)
+                for job_id, entry in held.items():
+                    # A job that ended meanwhile acknowledged its own entry: not a loss.
+                    if entry in gone and self._held.get(job_id) == entry:
+                        self._held.pop(job_id, None)
+                        log.warning("job %s: its lease was taken over; it may run twice", job_id)

@@ -1,0 +1,52 @@
+"""Host-local slots: each gunicorn worker of a host holds one numbered, ``flock``ed file.
+
+The slot number shares out the host's cpu budget, and names the part of the store a worker
+owns; the kernel releases the lock when its holder dies, so the worker that replaces a dead
+one claims the same number and takes over what it left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from pathlib import Path
+
+HOST_ID_FILE = "host-id"
+
+
+def claim_slot(directory: Path, pattern: str) -> tuple[int, int]:
+    """Lock the lowest free file ``pattern.format(n)`` in ``directory``: (n, its fd)."""
+    slot = 0
+    while True:
+        fd = os.open(directory / pattern.format(slot), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            slot += 1
+            continue
+        return slot, fd
+
+
+def host_id(directory: Path) -> str:
+    """This host's id: made once (random), kept in ``directory``, the same after a restart.
+
+    Concurrent first starts agree: the file is written aside and linked into place, so a
+    reader sees either no file or a whole one.
+    """
+    path = directory / HOST_ID_FILE
+    with contextlib.suppress(FileNotFoundError):
+        text = path.read_text().strip()
+        if text:
+            return text
+    tmp = directory / f".{HOST_ID_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    tmp.write_text(secrets.token_hex(6) + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another worker was first: use its id
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()

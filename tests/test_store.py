@@ -1,0 +1,354 @@
+"""The store interface, the same tests on both backends: SQLite shards and a shared Redis.
+
+Each test makes "workers" with ``backend.store()``: SQLite stores on one directory (the
+workers of one host), Redis stores on one server (workers of one host, or of several with
+``host=``). Where the backends differ on purpose (SQLite runs what a worker accepted, Redis
+shares the queue), the tests state the behaviour both promise: every accepted job runs,
+attempts are counted, nothing is started twice while its worker lives.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config import StoreUrl
+from service.errors import StoreUnavailable
+from service.ids import new_id
+from service.jobs.record import BatchProgress, JobRecord
+from service.jobs.redis_store import RedisStore
+from service.jobs.registry import POOLS
+from service.jobs.sqlite_store import SqliteStore
+from service.jobs.state import JobState
+from service.jobs.store import Store
+
+ROOM = {"io": 100, "cpu": 100}
+
+
+def record(name: str = "test.echo", **kw: Any) -> JobRecord:
+    base: dict[str, Any] = {
+        "id": new_id(),
+        "name": name,
+        "owner": "alice",
+        "state": JobState.QUEUED,
+        "created_at": 1000.0,
+        "args": {"x": 1},
+    }
+    base.update(kw)
+    return JobRecord(**base)
+
+
+def lane_of(name: str) -> str:
+    return "cpu" if name.startswith("cpu") else "io"
+
+
+class Backend:
+    """Makes stores of one kind that share their backing (a directory, a Redis)."""
+
+    def __init__(self, kind: str, tmp_path: Path, redis_url: str | None) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.redis_url = redis_url
+
+    def store(
+        self, *, ttl: float = 60, result_max: int = 1 << 20, host: str = "a", lease_s: float = 30
+    ) -> Store:
+        if self.kind == "sqlite":
+            return SqliteStore(self.tmp_path / "jobs", result_ttl_s=ttl, result_max=result_max)
+        assert self.redis_url is not None
+        return RedisStore(
+            StoreUrl("redis", self.redis_url),
+            state_dir=self.tmp_path / host,
+            lane_of=lane_of,
+            pools=POOLS,
+            result_ttl_s=ttl,
+            result_max=result_max,
+            lease_s=lease_s,
+            queue_max=1000,
+        )
+
+    async def opened(self, **kw: Any) -> Store:
+        s = self.store(**kw)
+        await s.open()
+        return s
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    return Backend(request.param, tmp_path, url)
+
+
+async def to_run_again(store: Store) -> dict[str, JobRecord]:
+    """What a worker runs after a restart: its own unfinished jobs (SQLite) or what it
+    claims from the shared queue (Redis), each started once."""
+    out: dict[str, JobRecord] = {}
+    for r in await store.unfinished():
+        assert await store.start(r.id, 3000.0)
+        out[r.id] = r
+    for r in await store.claim(ROOM, 3000.0):
+        out[r.id] = r
+    return out
+
+
+async def test_each_open_store_claims_its_own_slot(backend: Backend) -> None:
+    """Two workers of a host get slots 0 and 1; a slot given up is claimed again."""
+    a, b = await backend.opened(), await backend.opened()
+    assert (a.slot, b.slot) == (0, 1)
+    await a.close()
+    c = await backend.opened()
+    assert c.slot == 0
+    await b.close()
+    await c.close()
+
+
+async def test_a_job_offered_running_is_stored_running(backend: Backend) -> None:
+    """add() of a running job stores it running with one attempt; a queued one stays queued."""
+    a = await backend.opened()
+    now = time.time()
+    running = record(state=JobState.RUNNING, started_at=now, attempts=1, created_at=now)
+    queued = record(created_at=now)
+    assert await a.add(running) is JobState.RUNNING
+    assert await a.add(queued) is JobState.QUEUED
+    got = await a.get(running.id)
+    assert got is not None
+    assert (got.state, got.attempts, got.started_at) == (JobState.RUNNING, 1, now)
+    assert got.args == {"x": 1}
+    got = await a.get(queued.id)
+    assert got is not None
+    assert (got.state, got.attempts, got.started_at) == (JobState.QUEUED, 0, None)
+    await a.close()
+
+
+async def test_jobs_are_read_and_cancelled_across_workers(backend: Backend) -> None:
+    """A job stored by one worker is read and cancelled through another."""
+    a, b = await backend.opened(), await backend.opened(host="b")
+    job = record()
+    await a.add(job)
+    got = await b.get(job.id)
+    assert got is not None
+    assert got.args == {"x": 1}
+    assert got.state is JobState.QUEUED
+    assert await b.cancel(job.id, 2000.0) is JobState.CANCELLED
+    assert await a.start(job.id, 2001.0) is False  # the owner sees the cancel and skips it
+    assert await a.claim(ROOM, 2001.0) == []  # and nobody else runs it
+    final = await a.get(job.id)
+    assert final is not None
+    assert final.state is JobState.CANCELLED
+    assert final.finished_at == 2000.0
+    assert await b.cancel(job.id, 2002.0) is JobState.CANCELLED  # again: same answer
+    assert await b.cancel(new_id(), 1.0) is None
+    await a.close()
+    await b.close()
+
+
+async def test_only_a_queued_job_can_be_cancelled(backend: Backend) -> None:
+    """cancel() of a running or finished job changes nothing and answers its state."""
+    a = await backend.opened()
+    job = record()
+    await a.add(job)
+    assert await a.start(job.id, 1.0)
+    assert await a.cancel(job.id, 2.0) is JobState.RUNNING
+    await a.finish(job, JobState.SUCCEEDED, 3.0, result=[1], error=None)
+    assert await a.cancel(job.id, 4.0) is JobState.SUCCEEDED
+    got = await a.get(job.id)
+    assert got is not None
+    assert (got.state, got.result, got.finished_at) == (JobState.SUCCEEDED, [1], 3.0)
+    await a.close()
+
+
+async def test_jobs_left_by_a_dead_process_run_again(backend: Backend) -> None:
+    """After a restart, what was left running or queued runs again, attempts counted."""
+    a = await backend.opened()
+    running, queued, done = record(), record(), record()
+    for job in (running, queued, done):
+        await a.add(job)
+    await a.start(running.id, 1.0)
+    await a.start(done.id, 1.0)
+    await a.finish(done, JobState.SUCCEEDED, 2.0, result={"ok": True}, error=None)
+    await a.close()  # as a crash would: the running job is never handed back
+    b = await backend.opened()
+    again = await to_run_again(b)
+    assert set(again) == {running.id, queued.id}
+    left = {i: await b.get(i) for i in again}
+    assert {i: (r.state, r.attempts) for i, r in left.items() if r} == {
+        running.id: (JobState.RUNNING, 2),
+        queued.id: (JobState.RUNNING, 1),
+    }
+    interrupted = left[running.id]
+    assert interrupted is not None
+    assert "interrupted" in (interrupted.error or "")
+    other = await backend.opened()  # a live worker beside b takes none of them
+    assert await other.adopt_orphans() == []
+    assert await other.claim(ROOM, 4000.0) == []
+    await other.close()
+    await b.close()
+
+
+async def test_a_requeued_job_runs_again(backend: Backend) -> None:
+    """requeue() puts a running job back: queued, its attempt kept, the reason stored."""
+    a = await backend.opened()
+    job = record()
+    await a.add(job)
+    await a.start(job.id, 1.0)
+    await a.requeue(job.id, error="interrupted by shutdown")
+    got = await a.get(job.id)
+    assert got is not None
+    assert (got.state, got.attempts, got.error) == (
+        JobState.QUEUED,
+        1,
+        "interrupted by shutdown",
+    )
+    if a.shares_queue:
+        assert [r.id for r in await a.claim(ROOM, 2.0)] == [job.id]
+    else:
+        assert await a.start(job.id, 2.0)
+    got = await a.get(job.id)
+    assert got is not None
+    assert (got.state, got.attempts) == (JobState.RUNNING, 2)
+    await a.close()
+
+
+async def test_a_final_state_is_written_once(backend: Backend) -> None:
+    """A second finish() (a job that ran twice) does not overwrite the first outcome."""
+    a = await backend.opened()
+    job = record()
+    await a.add(job)
+    await a.start(job.id, 1.0)
+    await a.finish(job, JobState.SUCCEEDED, 2.0, result="first", error=None)
+    await a.finish(job, JobState.FAILED, 3.0, error="second")
+    got = await a.get(job.id)
+    assert got is not None
+    assert (got.state, got.result, got.error, got.finished_at) == (
+        JobState.SUCCEEDED,
+        "first",
+        None,
+        2.0,
+    )
+    await a.close()
+
+
+async def test_batch_progress_and_end_are_recorded(backend: Backend) -> None:
+    """progress() counts items; finish() with the last items ends the batch with its result."""
+    a = await backend.opened()
+    job = record("parcel", items=["a", "b", "c"])
+    await a.add(job)
+    await a.start(job.id, 1.0)
+    await a.progress(job, BatchProgress(1, 1, [("a", "A")]))
+    mid = await a.get(job.id)
+    assert mid is not None
+    assert (mid.state, mid.done, mid.failed, mid.items) == (JobState.RUNNING, 1, 1, ["a", "b", "c"])
+    result = {"total": 3, "done": 2, "failed": 1}
+    await a.finish(job, JobState.FAILED, 2.0, result=result, error="1 of 3 items failed",
+                   progress=BatchProgress(2, 1, [("c", "C")]))  # fmt: skip
+    end = await a.get(job.id)
+    assert end is not None
+    assert (end.state, end.done, end.failed, end.result, end.error) == (
+        JobState.FAILED,
+        2,
+        1,
+        result,
+        "1 of 3 items failed",
+    )
+    assert await a.get_item("parcel", "alice", "a") == "A"
+    assert await a.get_item("parcel", "alice", "c") == "C"
+    await a.close()
+
+
+async def test_items_are_stored_per_owner_and_newest_wins(backend: Backend) -> None:
+    """Item results are found by (job name, owner, key); a newer job's item wins."""
+    a = await backend.opened()
+    now = time.time()
+    old = record("parcel", items=[1], id=new_id(lambda: now - 1))
+    new = record("parcel", items=[1], id=new_id(lambda: now))
+    for job in (old, new):
+        await a.add(job)
+    await a.progress(new, BatchProgress(1, 0, [("p1", {"v": "new"})]))
+    await a.progress(old, BatchProgress(1, 0, [("p1", {"v": "old"})]))  # late, but older
+    assert await a.get_item("parcel", "alice", "p1") == {"v": "new"}
+    assert await a.get_item("parcel", "bob", "p1") is None
+    assert await a.get_item("other", "alice", "p1") is None
+    doc = await a.get(new.id)
+    assert doc is not None
+    assert (doc.done, doc.failed) == (1, 0)
+    await a.close()
+
+
+async def test_item_keys_cannot_collide_across_owners(backend: Backend) -> None:
+    """Owner "a:b" with key "c" and owner "a" with key "b:c" are two different items."""
+    a = await backend.opened()
+    one = record("parcel", owner="a:b", items=[1], id=new_id())
+    two = record("parcel", owner="a", items=[1], id=new_id())
+    await a.add(one)
+    await a.add(two)
+    await a.progress(one, BatchProgress(1, 0, [("c", 1)]))
+    await a.progress(two, BatchProgress(1, 0, [("b:c", 2)]))
+    assert await a.get_item("parcel", "a:b", "c") == 1
+    assert await a.get_item("parcel", "a", "b:c") == 2
+    await a.close()
+
+
+async def test_finished_jobs_expire_after_the_ttl(backend: Backend) -> None:
+    """purge deletes jobs finished longer ago than the TTL, and only those."""
+    a = await backend.opened(ttl=100)
+    old, recent, queued = (record(id=new_id(lambda t=t: t)) for t in (900.0, 1800.0, 850.0))
+    for job in (old, recent, queued):
+        await a.add(job)
+    await a.finish(old, JobState.SUCCEEDED, 1000.0, result=1, error=None)
+    await a.finish(recent, JobState.SUCCEEDED, 1950.0, result=1, error=None)
+    assert await a.purge(2000.0) == 1
+    assert await a.get(old.id) is None
+    assert await a.get(recent.id) is not None
+    assert await a.get(queued.id) is not None
+    await a.close()
+
+
+async def count_items(store: Store) -> int:
+    if isinstance(store, SqliteStore):
+        assert store._conn is not None
+        (n,) = store._conn.execute("SELECT count(*) FROM keyed").fetchone()
+        return int(n)
+    assert isinstance(store, RedisStore)
+    assert store._client is not None
+    return len(await store._client.keys("jobpool:item:*"))
+
+
+async def test_keyed_results_expire_with_the_ttl(backend: Backend) -> None:
+    """A keyed item older than the TTL is not served, and the sweep deletes it."""
+    a = await backend.opened(ttl=100)
+    old = record("parcel", id=new_id(lambda: 1000.0), items=[1])
+    await a.add(old)
+    await a.progress(old, BatchProgress(1, 0, [("p1", {"v": 1})]))
+    assert await count_items(a) == 1
+    assert await a.get_item("parcel", "alice", "p1") is None
+    for _ in range(20):  # SQLite sweeps keyed items every few rounds
+        await a.purge(5000.0)
+    assert await count_items(a) == 0
+    await a.close()
+
+
+async def test_a_result_over_the_cap_fails_the_job(backend: Backend) -> None:
+    """A result larger than JOBPOOL_RESULT_MAX is not stored; the job fails saying why."""
+    a = await backend.opened(result_max=1000)
+    job = record()
+    await a.add(job)
+    await a.start(job.id, 1.0)
+    await a.finish(job, JobState.SUCCEEDED, 2.0, result=b"x" * 5000, error=None)
+    got = await a.get(job.id)
+    assert got is not None
+    assert got.state is JobState.FAILED
+    assert "JOBPOOL_RESULT_MAX" in (got.error or "")
+    assert got.result is None
+    await a.close()
+
+
+async def test_unusable_state_directory_is_a_clear_error(backend: Backend, tmp_path: Path) -> None:
+    """A store whose directory cannot be made raises StoreUnavailable naming it."""
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"in the way")
+    backend.tmp_path = blocker / "state"
+    with pytest.raises(StoreUnavailable, match=r"cannot .* in .*file"):
+        await backend.opened()
