@@ -25,8 +25,10 @@ from service.errors import ShuttingDown
 from service.jobs.cpu_pool import CpuPool
 from service.jobs.io_pool import IoPool
 from service.jobs.layer import JobLayer
-from service.jobs.registry import Registry, registry
+from service.jobs.redis_store import RedisStore
+from service.jobs.registry import POOLS, Registry, registry
 from service.jobs.sqlite_store import SqliteStore
+from service.jobs.store import Store
 from service.jobs.tokens import HostTokens
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,32 @@ FETCH_TIMEOUT_MARGIN_S = 5.0
 DRAIN_MARGIN_S = 3.0
 
 
+def make_store(settings: Settings, jobs: Registry) -> Store:
+    """The store ``JOBPOOL_STORE_URL`` names: SQLite shards, or a Redis shared by a fleet."""
+    s = settings
+    if not s.store.is_redis:
+        return SqliteStore(
+            s.store.path,
+            result_ttl_s=s.result_ttl_s,
+            result_max=s.result_max,
+            max_bytes=s.store_max_bytes,
+        )
+
+    def lane_of(name: str) -> str:
+        return jobs.get(name).pool if name in jobs else "io"
+
+    return RedisStore(
+        s.store,
+        state_dir=s.state_dir,
+        lane_of=lane_of,
+        pools=POOLS,
+        result_ttl_s=s.result_ttl_s,
+        result_max=s.result_max,
+        lease_s=s.lease_s,
+        queue_max=s.fleet_queue_max,
+    )
+
+
 class Service:
     """What one gunicorn worker runs: the job layer, its store and pools."""
 
@@ -54,12 +82,7 @@ class Service:
         s = settings
         self.layer = JobLayer(
             registry=registry,
-            store=SqliteStore(
-                s.state_dir,
-                result_ttl_s=s.result_ttl_s,
-                result_max=s.result_max,
-                max_bytes=s.store_max_bytes,
-            ),
+            store=make_store(s, registry),
             io_pool=IoPool(s.io_threads),
             cpu_pool_factory=self._cpu_pool,
             io_queue_max=s.io_queue_max,

@@ -5,6 +5,11 @@ One ``JobLayer`` per gunicorn worker. Endpoints call :meth:`JobLayer.submit` (or
 declared with. A job is stored before it is acknowledged. When a thread or process is free
 at that moment it is stored already running (one write, not two); otherwise it is stored
 queued and waits its turn in its pool's lane, first come first served.
+
+With a store whose queue is shared by a fleet (Redis), a queued job waits in the store
+instead of a lane: any worker of any host may run it. Each worker takes work from the store
+when it has room (:meth:`JobLayer._pull_loop`): when one of its jobs ends while the queue
+held more, and every ``PULL_INTERVAL_S`` for work other hosts queued.
 """
 
 from __future__ import annotations
@@ -23,13 +28,19 @@ from service.jobs.admission import Admission
 from service.jobs.cpu_pool import CpuPool, ProcessDied, TaskTimeout
 from service.jobs.io_pool import IoPool
 from service.jobs.record import BatchProgress, JobRecord
-from service.jobs.registry import JobSpec, Pool, Registry
-from service.jobs.state import JobState
+from service.jobs.registry import POOLS, JobSpec, Pool, Registry
+from service.jobs.state import JobState, is_final
 from service.jobs.store import INTERRUPTED, Store
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_REQUEUE_S = 5.0
+#: Shared queue: how often a worker with room looks for jobs other hosts queued (seconds).
+PULL_INTERVAL_S = 0.2
+#: How often a wait on a job that runs elsewhere reads it again (seconds).
+WAIT_POLL_S = 0.1
+#: After the store failed, the first pause before looking for work again (seconds).
+PULL_RETRY_S = 1.0
 
 
 def run_items(
@@ -135,9 +146,15 @@ class JobLayer:
             collections.deque()
         )
         self._suspect_running = False
+        #: Suspects taken from a shared queue: already started (claimed) when they run.
+        self._claimed_suspects: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._janitor: asyncio.Task[None] | None = None
+        self._puller: asyncio.Task[None] | None = None
+        self._pull_now = asyncio.Event()
+        #: Per pool: whether the shared queue may hold more than this worker took last.
+        self._more_queued: dict[Pool, bool] = dict.fromkeys(POOLS, True)
         self.draining = False
 
     # -- life cycle -------------------------------------------------------------------
@@ -151,6 +168,8 @@ class JobLayer:
         self._lanes["cpu"] = _Lane(self._cpu.processes)
         self._resume(await self.store.unfinished())
         self._janitor = asyncio.create_task(self._janitor_loop(), name="jobpool-janitor")
+        if self.store.shares_queue:
+            self._puller = asyncio.create_task(self._pull_loop(), name="jobpool-puller")
 
     async def close(self, *, drain_s: float) -> None:
         """Stop taking jobs; let running ones finish within ``drain_s``; requeue the rest.
@@ -159,10 +178,11 @@ class JobLayer:
         this worker's slot, or a janitor adopting it) runs them.
         """
         self.draining = True
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        for helper in (self._janitor, self._puller):
+            if helper is not None:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
         tasks = list(self._tasks.values())
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=drain_s)
@@ -185,7 +205,7 @@ class JobLayer:
     def _resume(self, records: list[JobRecord]) -> None:
         for record in records:
             slots = len(record.items) if record.items is not None else 1
-            pool = self.registry.get(record.name).pool if record.name in self.registry else "io"
+            pool = self._pool_of(record)
             self.admission[pool].force(slots)  # already accepted: never refused now
             entry = (record, _Slots(self.admission[pool], slots))
             if record.error == INTERRUPTED:
@@ -252,15 +272,23 @@ class JobLayer:
             items=items,
         )
         try:
-            await self.store.add(record)
+            stored = await self.store.add(record)
         except BaseException:
             slots.release()
             if starts_now:
                 lane.running -= 1
                 self._pump(spec.pool)
             raise
-        if starts_now:
+        if stored is JobState.RUNNING:
             self._spawn(spec.pool, record, slots, started=True)
+            return record
+        if starts_now:  # older jobs wait in the shared queue: this one goes behind them
+            lane.running -= 1
+            record = record.replace(state=JobState.QUEUED, started_at=None, attempts=0)
+        if self.store.shares_queue:
+            # It waits in the store (bounded there), where any worker with room takes it.
+            slots.release()
+            self._want_work(spec.pool)
         else:
             lane.waiting.append((record, slots))
             self._pump(spec.pool)
@@ -272,13 +300,25 @@ class JobLayer:
         return await self.store.get(job_id)
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
-        """The job once final, or as it is after ``timeout_s`` (only this worker's jobs)."""
-        if job_id in self._tasks or self._is_waiting(job_id):
-            future = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(job_id, []).append(future)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, timeout_s)
-        return await self.store.get(job_id)
+        """The job once final, or as it is after ``timeout_s``.
+
+        A job of this worker wakes its waiters when it ends; one that runs elsewhere (another
+        worker, another host) is read again every ``WAIT_POLL_S``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if job_id in self._tasks or self._is_waiting(job_id):
+                future = loop.create_future()
+                self._waiters.setdefault(job_id, []).append(future)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+                return await self.store.get(job_id)
+            record = await self.store.get(job_id)
+            left = deadline - loop.time()
+            if record is None or is_final(record.state) or left <= 0:
+                return record
+            await asyncio.sleep(min(WAIT_POLL_S, left))
 
     def _is_waiting(self, job_id: str) -> bool:
         return any(r.id == job_id for lane in self._lanes.values() for r, _ in lane.waiting)
@@ -302,7 +342,9 @@ class JobLayer:
             suspect_pool, (record, slots) = self._suspects.popleft()
             self._suspect_running = True
             self._lanes[suspect_pool].running += 1
-            self._spawn(suspect_pool, record, slots, started=False, suspect=True)
+            started = record.id in self._claimed_suspects
+            self._claimed_suspects.discard(record.id)
+            self._spawn(suspect_pool, record, slots, started=started, suspect=True)
             return
         lane = self._lanes[pool]
         while lane.waiting and lane.running < lane.limit:
@@ -328,6 +370,72 @@ class JobLayer:
             self._suspect_running = False
         for each in self._lanes if suspect or self._quarantine else (pool,):
             self._pump(each)
+        if self.store.shares_queue and (self._more_queued[pool] or suspect):
+            self._pull_now.set()
+
+    # -- taking work from a shared queue ----------------------------------------------
+
+    def _want_work(self, pool: Pool) -> None:
+        """A job of ``pool`` was queued in the shared store: take it if there is room."""
+        self._more_queued[pool] = True
+        if self._room(pool):
+            self._pull_now.set()
+
+    def _room(self, pool: Pool) -> int:
+        if self._quarantine:
+            return 0  # a job a crash cut off runs alone first
+        lane = self._lanes[pool]
+        return max(0, lane.limit - lane.running - len(lane.waiting))
+
+    async def _pull_loop(self) -> None:
+        """Claim queued jobs from the shared store as far as the pools have room."""
+        pause = PULL_INTERVAL_S
+        while not self.draining:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pull_now.wait(), pause)
+            self._pull_now.clear()
+            pause = PULL_INTERVAL_S
+            room = {pool: n for pool in POOLS if (n := self._room(pool))}
+            if not room or self.draining:
+                continue
+            for pool, n in room.items():  # held while the claim is in flight
+                self._lanes[pool].running += n
+            try:
+                records = await self.store.claim(room, self.clock())
+            except StoreUnavailable:
+                records = []
+                pause = PULL_RETRY_S  # the store logged it; look again later
+            except Exception:
+                records = []
+                pause = PULL_RETRY_S
+                log.exception("taking work from the store failed")
+            finally:
+                for pool, n in room.items():
+                    self._lanes[pool].running -= n
+            got: dict[Pool, int] = dict.fromkeys(room, 0)
+            for record in records:
+                pool = self._pool_of(record)
+                got[pool] = got.get(pool, 0) + 1
+                slots = len(record.items) if record.items is not None else 1
+                self.admission[pool].force(slots)  # already accepted: never refused now
+                entry = (record, _Slots(self.admission[pool], slots))
+                if record.error == INTERRUPTED:
+                    # Its last run ended with its process: run it alone, as _resume does.
+                    self._claimed_suspects.add(record.id)
+                    self._suspects.append((pool, entry))
+                    continue
+                self._lanes[pool].running += 1
+                self._spawn(pool, *entry, started=True)
+            if self._quarantine:
+                for each in self._lanes:
+                    self._pump(each)
+            for pool, n in room.items():
+                self._more_queued[pool] = got[pool] >= n
+                if got[pool] >= n:
+                    self._pull_now.set()  # it was full: there may be more once room frees
+
+    def _pool_of(self, record: JobRecord) -> Pool:
+        return self.registry.get(record.name).pool if record.name in self.registry else "io"
 
     async def _run(self, record: JobRecord, slots: _Slots, *, started: bool) -> None:
         try:

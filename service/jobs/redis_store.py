@@ -45,6 +45,7 @@ from service.jobs.redis_lua import PRELUDE, SCRIPTS
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot, host_id
 from service.jobs.state import JobState
+from service.jobs.store import INTERRUPTED
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ COMMAND_TIMEOUT_S = 5.0
 RECOVER_BATCH = 200  # entries looked at per XPENDING / XAUTOCLAIM round
 PURGE_BATCH = 2000
 STALE_CONSUMER_LEASES = 10  # a consumer with nothing pending, idle this many leases, is dropped
-INTERRUPTED = "interrupted: the process running it stopped"
 
 
 def _dumps(value: Any) -> bytes:
