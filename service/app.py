@@ -161,7 +161,7 @@ def create_app(
     app.add_route("/v1/fetch", FetchResource(layer, settings))
     app.add_route("/v1/images", ImagesResource(layer, settings))
     app.add_route("/v1/search", SearchResource(layer, settings))
-    app.add_route("/v1/jobs/{job_id}", JobResource(layer))
+    app.add_route("/v1/jobs/{job_id}", JobResource(layer, wait_max_s=settings.wait_max_s))
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
     if extend is not None:
         extend(app, layer, settings)

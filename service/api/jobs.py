@@ -7,7 +7,7 @@ from typing import Any
 import falcon.asgi
 
 from service import ids
-from service.api.http import send_json
+from service.api.http import preferred_wait, send_json
 from service.errors import Conflict, JobNotFound
 from service.jobs.layer import JobLayer
 from service.jobs.record import JobRecord
@@ -34,15 +34,22 @@ def result_body(resp: falcon.asgi.Response, record: JobRecord) -> None:
 
 
 class JobResource:
-    """GET a job document; DELETE cancels a job that has not started."""
+    """GET a job document (``Prefer: wait=N``: once it is final, or after N s); DELETE
+    cancels a job that has not started. Any worker of any host answers for any job."""
 
-    def __init__(self, layer: JobLayer) -> None:
+    def __init__(self, layer: JobLayer, *, wait_max_s: int = 0) -> None:
         self.layer = layer
+        self.wait_max_s = wait_max_s
 
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
     ) -> None:
-        send_json(resp, (await find_job(self.layer, req, job_id)).document())
+        record = await find_job(self.layer, req, job_id)
+        wait_s = preferred_wait(req, self.wait_max_s)
+        if wait_s > 0:
+            resp.set_header("Preference-Applied", f"wait={wait_s}")
+            record = await self.layer.wait(job_id, wait_s) or record
+        send_json(resp, record.document())
 
     async def on_delete(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str

@@ -1,0 +1,147 @@
+"""Fleet mode in-process: two apps ("hosts", each its own state dir) sharing one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from falcon import testing
+
+from service.app import create_app
+from service.config import Settings, StoreUrl
+from service.jobs.redis_store import RedisStore
+from service.jobs.registry import POOLS
+from service.jobs.state import JobState
+from tests.conftest import SEED_BATCH
+from tests.extension import extend
+from tests.test_inprocess import final
+from tests.test_store import ROOM, record
+
+
+@asynccontextmanager
+async def hosts(
+    tmp_path: Path, url: str, *names: str, **overrides: Any
+) -> AsyncIterator[list[testing.ASGIConductor]]:
+    """One in-process app per name, each with its own state directory, one Redis for all."""
+    async with AsyncExitStack() as stack:
+        apps = []
+        for name in names:
+            base: dict[str, Any] = {
+                "state_dir": tmp_path / name,
+                "store_url": StoreUrl("redis", url),
+                "cpu_workers": 1,
+                "io_threads": 2,
+                "janitor_interval_s": 1,
+                "lease_s": 2,
+            }
+            base.update(overrides)
+            app = create_app(Settings.from_env({}, **base), extend=extend)
+            apps.append(await stack.enter_async_context(testing.ASGIConductor(app)))
+        yield apps
+
+
+async def submit(c: testing.ASGIConductor, seconds: float, **kw: Any) -> dict[str, Any]:
+    r = await c.simulate_post("/test/jobs/test.sleep", json={"seconds": seconds, **kw})
+    assert r.status_code == 202, r.text
+    body: dict[str, Any] = r.json
+    return body
+
+
+async def test_the_seed_batch_runs_on_redis(redis_url: str, tmp_path: Path) -> None:
+    """The seed batch is accepted, runs, and each parcel reads back, with the Redis store."""
+    async with hosts(tmp_path, redis_url, "a") as (a,):
+        r = await a.simulate_post("/v1/parcels", json=SEED_BATCH)
+        assert r.status_code == 202
+        assert r.json["state"] == "running"  # a free thread: stored running, one write
+        doc = await final(a, r.json["job"])
+        assert doc["state"] == "succeeded"
+        assert doc["items"] == {"total": 9, "done": 9, "failed": 0}
+        for item in SEED_BATCH["Data"]:
+            assert (await a.simulate_get(f"/v1/parcels/{item['id']}")).json == item
+        ready = await a.simulate_get("/readyz")
+        assert ready.json == {"ok": ["store", "accepting"], "failing": {}}
+
+
+async def test_a_job_is_read_waited_on_and_cancelled_through_another_host(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Host b reads, waits on and cancels jobs host a accepted."""
+    async with hosts(tmp_path, redis_url, "a", "b") as (a, b):
+        busy = [await submit(a, 1.0) for _ in range(4)]  # a's 2 threads, then b's 2
+        queued = await submit(a, 0, tag="never")
+        assert queued["state"] == "queued"
+        doc = (await b.simulate_get(f"/v1/jobs/{queued['job']}")).json
+        assert doc["state"] == "queued"
+        cancelled = await b.simulate_delete(f"/v1/jobs/{queued['job']}")
+        assert cancelled.status_code == 200
+        assert cancelled.json["state"] == "cancelled"
+        assert (await a.simulate_get(f"/v1/jobs/{queued['job']}")).json["state"] == "cancelled"
+        waited = await b.simulate_get(f"/v1/jobs/{busy[0]['job']}", headers={"Prefer": "wait=10"})
+        assert waited.headers["preference-applied"] == "wait=10"
+        assert waited.json["state"] == "succeeded"
+        for job in busy:
+            assert (await final(b, job["job"]))["state"] == "succeeded"
+        assert (await final(a, queued["job"]))["started_at"] is None  # it never ran
+
+
+async def test_a_busy_host_does_not_sit_on_its_queue(redis_url: str, tmp_path: Path) -> None:
+    """Jobs queued at a busy host run on an idle one; a waiting submit still gets its result."""
+    async with hosts(tmp_path, redis_url, "a", "b") as (a, _b):
+        blockers = [await submit(a, 1.5) for _ in range(2)]  # a is full
+        r = await a.simulate_post(
+            "/test/jobs/test.sleep", json={"seconds": 0.1, "tag": "moved"},
+            headers={"Prefer": "wait=10"},
+        )  # fmt: skip
+        assert r.status_code == 200  # a polled the store while b ran it
+        assert r.json == {"slept": 0.1, "tag": "moved"}
+        moved = (await a.simulate_get(f"/v1/jobs/{r.headers['x-job-id']}")).json
+        assert moved["attempts"] == 1
+        for blocker in blockers:
+            doc = (await a.simulate_get(f"/v1/jobs/{blocker['job']}")).json
+            assert doc["state"] == "running"  # a never had room for it
+
+
+async def test_a_full_fleet_queue_answers_503(redis_url: str, tmp_path: Path) -> None:
+    """Past JOBPOOL_FLEET_QUEUE_MAX waiting jobs a submit is refused with 503 + Retry-After."""
+    async with hosts(tmp_path, redis_url, "a", io_threads=1, fleet_queue_max=2) as (a,):
+        await submit(a, 1.0)
+        await submit(a, 1.0)
+        await submit(a, 1.0)
+        r = await a.simulate_post("/test/jobs/test.sleep", json={"seconds": 0})
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert "JOBPOOL_FLEET_QUEUE_MAX" in r.json["detail"]
+
+
+async def test_a_job_runs_at_most_max_attempts_times_in_all(redis_url: str, tmp_path: Path) -> None:
+    """A job whose hosts keep dying is failed, not run again, once it has used its attempts."""
+    ghost = RedisStore(
+        StoreUrl("redis", redis_url), state_dir=tmp_path / "ghost",
+        lane_of=lambda _name: "io", pools=POOLS, result_ttl_s=60, result_max=1 << 20,
+        lease_s=0.2, queue_max=100,
+    )  # fmt: skip
+    await ghost.open()
+    assert ghost._renewer is not None
+    ghost._renewer.cancel()  # it never renews: as if its host died each time
+    job = record("test.sleep", args={"seconds": 0})
+    await ghost.add(job)
+    for _ in range(2):  # two runs, each cut off
+        assert [r.id for r in await ghost.claim(ROOM, 1.0)] == [job.id]
+        await asyncio.sleep(0.3)
+        await ghost.adopt_orphans()
+    async with hosts(tmp_path, redis_url, "a", max_attempts=2):
+        for _ in range(100):
+            got = await ghost.get(job.id)
+            assert got is not None
+            if got.state is JobState.FAILED:
+                break
+            await asyncio.sleep(0.05)
+        assert got.state is JobState.FAILED
+        assert got.attempts == 3
+        assert got.error is not None
+        assert got.error.startswith("gave up after 2 attempts")
+        assert "interrupted" in got.error
+    await ghost.close()
