@@ -77,3 +77,19 @@ def cpu_stuck_pid(pid_file: str) -> None:
 @job("test.io_stuck", pool="io", timeout=1)
 def io_stuck(seconds: float) -> None:
     time.sleep(seconds)
+
+
+@job("test.where", pool="io", timeout=30)
+def where(seconds: float = 0.0) -> dict[str, Any]:
+    """Sleep, then say which server ran it (its state directory) and which process."""
+    time.sleep(seconds)
+    return {"state_dir": os.environ.get("JOBPOOL_STATE_DIR"), "pid": os.getpid()}
+
+
+@job("test.cpu_where", pool="cpu", timeout=30)
+def cpu_where(seconds: float = 0.0) -> dict[str, Any]:
+    """Spin, then say which server ran it (a cpu process inherits its server's environment)."""
+    deadline = time.process_time() + seconds
+    while time.process_time() < deadline:
+        pass
+    return {"state_dir": os.environ.get("JOBPOOL_STATE_DIR"), "pid": os.getpid()}

@@ -60,6 +60,7 @@ class Server:
             self.log_path = state_dir.parent / f"{state_dir.name}-server-{n}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self._log_start = 0
         self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=60))
 
     # -- life cycle -------------------------------------------------------------------
@@ -79,6 +80,9 @@ class Server:
         if self.workers is not None:
             cmd[5:5] = ["--workers", str(self.workers)]
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # Started again (same state dir): read only what this run writes to the log.
+        self.port = None
+        self._log_start = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT
         )
@@ -87,7 +91,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited {self.proc.returncode}:\n{self.log()}")
             if self.port is None:
-                found = LISTENING.findall(self.log())
+                found = LISTENING.findall(self.log_since_start())
                 self.port = int(found[-1]) if found else None
             if self.port is not None and self._ready():
                 return self
@@ -102,8 +106,13 @@ class Server:
             return False
         # Every worker must have booted, or early requests race their start-up.
         expected = self.expect_workers or self.workers or 1
-        booted = self.log().count("ASGI server listening")
+        booted = self.log_since_start().count("ASGI server listening")
         return ok and len(self.worker_pids()) >= expected and booted >= expected
+
+    def log_since_start(self) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -155,6 +155,8 @@ class JobLayer:
         self._pull_now = asyncio.Event()
         #: Per pool: whether the shared queue may hold more than this worker took last.
         self._more_queued: dict[Pool, bool] = dict.fromkeys(POOLS, True)
+        #: Per pool: whether this worker queued a job while its last claim was in flight.
+        self._queued_meanwhile: dict[Pool, bool] = dict.fromkeys(POOLS, False)
         self.draining = False
 
     # -- life cycle -------------------------------------------------------------------
@@ -378,6 +380,7 @@ class JobLayer:
     def _want_work(self, pool: Pool) -> None:
         """A job of ``pool`` was queued in the shared store: take it if there is room."""
         self._more_queued[pool] = True
+        self._queued_meanwhile[pool] = True
         if self._room(pool):
             self._pull_now.set()
 
@@ -400,6 +403,7 @@ class JobLayer:
                 continue
             for pool, n in room.items():  # held while the claim is in flight
                 self._lanes[pool].running += n
+                self._queued_meanwhile[pool] = False
             try:
                 records = await self.store.claim(room, self.clock())
             except StoreUnavailable:
@@ -430,9 +434,11 @@ class JobLayer:
                 for each in self._lanes:
                     self._pump(each)
             for pool, n in room.items():
-                self._more_queued[pool] = got[pool] >= n
-                if got[pool] >= n:
-                    self._pull_now.set()  # it was full: there may be more once room frees
+                # Took all it asked for, or queued a job itself meanwhile (a submit that
+                # found the room held by this claim): there may be more.
+                self._more_queued[pool] = got[pool] >= n or self._queued_meanwhile[pool]
+                if self._more_queued[pool]:
+                    self._pull_now.set()
 
     def _pool_of(self, record: JobRecord) -> Pool:
         return self.registry.get(record.name).pool if record.name in self.registry else "io"
