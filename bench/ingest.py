@@ -1,12 +1,17 @@
 """Seed-batch ingest benchmark: the framework floor and jobpool, in one run, same load.
 
-    python -m bench.ingest [--duration 10] [--connections 32] [--rounds 2]
+    python -m bench.ingest [--duration 10] [--connections 32] [--rounds 2] [--redis]
 
 Starts each server with gunicorn.conf.py (same worker class, loop, worker count), drives it
 with wrk posting the seed's 9-item batch, and prints requests/s, p50/p99 latency, errors and
 server CPU microseconds per request (the server's whole process tree, from psutil), plus
 jobpool's ratio to the floor. Rounds alternate floor/jobpool so drift on this shared
 machine hits both alike.
+
+``--redis`` adds jobpool with the fleet store (``JOBPOOL_STORE_URL=redis://…``) to each
+round: a redis-server of its own (loopback, a temp dir, append-only file fsynced every
+second, as a fleet should run it), emptied before each round. Its CPU is counted with the
+server's, since on one host the two share the cores.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -86,15 +93,59 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def drive(name: str, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace) -> Result:
-    before = tree_cpu(proc.pid)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--redis needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if redis_command(port, "PING") == "+PONG":
+            return proc, port
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def redis_command(port: int, *args: str) -> str:
+    payload = f"*{len(args)}\r\n".encode()
+    for arg in args:
+        payload += b"$%d\r\n%s\r\n" % (len(arg), arg.encode())
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(payload)
+            return s.recv(4096).split(b"\r\n", 1)[0].decode()
+    except OSError:
+        return ""
+
+
+def drive(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    port: int,
+    args: argparse.Namespace,
+    extra_pids: tuple[int, ...] = (),
+) -> Result:
+    before = tree_cpu(proc.pid) + sum(tree_cpu(p) for p in extra_pids)
     out = subprocess.run(
         ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
          "-s", str(LUA), f"http://127.0.0.1:{port}/v1/parcels"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     time.sleep(0.5)  # let the last jobs of the run finish: their CPU belongs to the run
-    cpu = tree_cpu(proc.pid) - before
+    cpu = tree_cpu(proc.pid) + sum(tree_cpu(p) for p in extra_pids) - before
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     statuses = dict(
@@ -126,24 +177,44 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18500)
     ap.add_argument(
         "--jobpool-env", action="append", default=[], metavar="NAME=VALUE",
-        help="extra environment for the jobpool server (repeatable)",
+        help="extra environment for the jobpool servers (repeatable)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--redis", action="store_true",
+        help="also run jobpool on the Redis store (starts its own redis-server)",
     )  # fmt: skip
     args = ap.parse_args()
-    results: dict[str, list[Result]] = {"floor": [], "jobpool": []}
+    servers = [("floor", "bench.floor_app:app"), ("jobpool", "service.asgi:app")]
+    if args.redis:
+        servers.append(("jp-redis", "service.asgi:app"))
+    results: dict[str, list[Result]] = {name: [] for name, _ in servers}
     with tempfile.TemporaryDirectory(prefix="jobpool-bench-") as tmp:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
         base_env["PYTHONPATH"] = str(ROOT)
         base_env["JOBPOOL_LOG_LEVEL"] = "warning"
-        for r in range(args.rounds):
-            for name, app in (("floor", "bench.floor_app:app"), ("jobpool", "service.asgi:app")):
-                env = dict(base_env, JOBPOOL_STATE_DIR=str(Path(tmp) / f"{name}-{r}"))
-                if name == "jobpool":
-                    env.update(kv.split("=", 1) for kv in args.jobpool_env)
-                proc = start(app, args.port, env, args.workers)
-                try:
-                    results[name].append(drive(name, proc, args.port, args))
-                finally:
-                    stop(proc)
+        redis: tuple[subprocess.Popen[bytes], int] | None = None
+        if args.redis:
+            redis = start_redis(Path(tmp))
+        try:
+            for r in range(args.rounds):
+                for name, app in servers:
+                    env = dict(base_env, JOBPOOL_STATE_DIR=str(Path(tmp) / f"{name}-{r}"))
+                    extra: tuple[int, ...] = ()
+                    if name != "floor":
+                        env.update(kv.split("=", 1) for kv in args.jobpool_env)
+                    if name == "jp-redis" and redis is not None:
+                        redis_command(redis[1], "FLUSHALL")
+                        env["JOBPOOL_STORE_URL"] = f"redis://127.0.0.1:{redis[1]}/0"
+                        extra = (redis[0].pid,)
+                    proc = start(app, args.port, env, args.workers)
+                    try:
+                        results[name].append(drive(name, proc, args.port, args, extra))
+                    finally:
+                        stop(proc)
+        finally:
+            if redis is not None:
+                redis[0].terminate()
+                redis[0].wait(30)
     print(
         f"seed batch, {args.workers} workers, wrk -t{args.threads} -c{args.connections} "
         f"-d{args.duration}s, {args.rounds} round(s), best round shown"
@@ -154,8 +225,10 @@ def main() -> None:
     for res in best.values():
         print(f"{res.name:<10}{res.rps:>10.0f}{res.accepted_rps:>10.0f}{res.p50_ms:>9.2f}"
               f"{res.p99_ms:>9.2f}{res.errors:>9}{res.cpu_us_per_req:>12.0f}")  # fmt: skip
-    ratio = best["jobpool"].accepted_rps / best["floor"].accepted_rps
-    print(f"jobpool / floor (accepted req/s): {ratio:.2f}x   (target >= 0.70x)")
+    for name in results:
+        if name != "floor":
+            ratio = best[name].accepted_rps / best["floor"].accepted_rps
+            print(f"{name} / floor (accepted req/s): {ratio:.2f}x   (target >= 0.70x)")
     for name, rs in results.items():
         print(f"  {name} rounds: " + ", ".join(f"{x.accepted_rps:.0f}" for x in rs))
 

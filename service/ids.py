@@ -30,3 +30,11 @@ def is_valid(text: str) -> bool:
 def id_floor(ts: float) -> str:
     """The smallest id that can be made at time ``ts``: ids made earlier sort below it."""
     return new_id(lambda: ts)[:ID_TIME_CHARS] + "0" * (ID_LENGTH - ID_TIME_CHARS)
+
+
+def id_time(job_id: str) -> float:
+    """When the id was made (Unix seconds, to the millisecond)."""
+    value = 0
+    for c in job_id[:ID_TIME_CHARS]:
+        value = value * 32 + ALPHABET.index(c)
+    return value / 1000  # 10 characters: 2 zero bits, then the 48-bit milliseconds

@@ -317,12 +317,12 @@ async def count_items(store: Store) -> int:
 
 
 async def test_keyed_results_expire_with_the_ttl(backend: Backend) -> None:
-    """A keyed item older than the TTL is not served, and the sweep deletes it."""
+    """A keyed item older than the TTL is not served, and is gone after the sweep (Redis
+    lets it expire by itself)."""
     a = await backend.opened(ttl=100)
     old = record("parcel", id=new_id(lambda: 1000.0), items=[1])
     await a.add(old)
     await a.progress(old, BatchProgress(1, 0, [("p1", {"v": 1})]))
-    assert await count_items(a) == 1
     assert await a.get_item("parcel", "alice", "p1") is None
     for _ in range(20):  # SQLite sweeps keyed items every few rounds
         await a.purge(5000.0)

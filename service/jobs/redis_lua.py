@@ -34,6 +34,11 @@ local function ensure_group(stream)
   redis.pcall('XGROUP', 'CREATE', stream, G, '0', 'MKSTREAM')
 end
 
+-- Only these scripts add to RUN, each after ensure_running(): if it exists, so does its group.
+local function ensure_running()
+  if redis.call('EXISTS', RUN) == 0 then ensure_group(RUN) end
+end
+
 local function drop_entry(job)
   local e = redis.call('HGET', job, 'entry')
   if e then
@@ -62,15 +67,16 @@ local function start(job, id, me, now)
   return e
 end
 
--- Item results with a key (a parcel's id): the newest job's value wins.
-local function write_items(id, created, i)
+-- Item results with a key (a parcel's id): the newest job's value wins. Each expires at
+-- `expires` (ms): the result TTL after its job was made, as its job's own row would.
+local function write_items(id, expires, i)
   local n = tonumber(ARGV[i])
   for k = i + 1, i + 2 * n, 2 do
     local key, value = ARGV[k], ARGV[k + 1]
     local holder = redis.call('HGET', key, 'job')
     if not holder or holder <= id then
       redis.call('HSET', key, 'job', id, 'value', value)
-      redis.call('ZADD', P .. 'items', created, key)
+      redis.call('PEXPIREAT', key, expires)
     end
   end
   return i + 1 + 2 * n
@@ -104,7 +110,7 @@ if redis.call('EXISTS', job) == 1 then  -- a retry of an add that was stored
 end
 local waiting = redis.call('XLEN', P .. 'queue:' .. pool)
 if want == '1' and waiting == 0 then
-  ensure_group(RUN)
+  ensure_running()
   redis.call('HSET', job, 'pool', pool, 'attempts', 0, unpack(ARGV, 8))
   return {'running', start(job, id, me, now)}
 end
@@ -119,7 +125,7 @@ return {'queued', enqueue(job, id)}
 START = r"""
 local job = P .. 'job:' .. ARGV[2]
 if redis.call('HGET', job, 'state') ~= 'queued' then return false end
-ensure_group(RUN)
+ensure_running()
 return start(job, ARGV[2], ARGV[3], ARGV[4])
 """
 
@@ -128,7 +134,7 @@ return start(job, ARGV[2], ARGV[3], ARGV[4])
 CLAIM = r"""
 local me, now = ARGV[2], ARGV[3]
 local left, started = {}, {}
-ensure_group(RUN)
+ensure_running()
 for i = 4, #ARGV, 2 do
   local q, n = P .. 'queue:' .. ARGV[i], tonumber(ARGV[i + 1])
   if n > 0 and redis.call('XLEN', q) > 0 then
@@ -153,7 +159,7 @@ end
 return {left, started}
 """
 
-#: ARGV: prefix, id, done, failed, created, n items, key, value, …
+#: ARGV: prefix, id, done, failed, items' expiry (ms), n items, key, value, …
 PROGRESS = r"""
 local id = ARGV[2]
 local job = P .. 'job:' .. id
@@ -164,7 +170,7 @@ end
 return 1
 """
 
-#: ARGV: prefix, id, state, now, created, n items, key, value, …, n set, field, value, …,
+#: ARGV: prefix, id, state, now, items' expiry (ms), n items, key, value, …, n set, field, value, …,
 #: n del, field, … Only a queued or running job ends; returns the state it had.
 FINISH = r"""
 local id, state, now = ARGV[2], ARGV[3], ARGV[4]
@@ -286,19 +292,14 @@ end
 return lost
 """
 
-#: ARGV: prefix, cutoff, limit. Deletes jobs finished before the cutoff and item results
-#: of jobs created before it; returns how many jobs.
+#: ARGV: prefix, cutoff, limit. Deletes jobs finished before the cutoff (item results
+#: expire by themselves); returns how many.
 PURGE = r"""
 local cutoff, limit = ARGV[2], tonumber(ARGV[3])
 local ids = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', '(' .. cutoff, 'LIMIT', 0, limit)
 for _, id in ipairs(ids) do
   redis.call('DEL', P .. 'job:' .. id)
   redis.call('ZREM', P .. 'finished', id)
-end
-local keys = redis.call('ZRANGEBYSCORE', P .. 'items', '-inf', '(' .. cutoff, 'LIMIT', 0, limit)
-for _, key in ipairs(keys) do
-  redis.call('DEL', key)
-  redis.call('ZREM', P .. 'items', key)
 end
 return #ids
 """

@@ -39,7 +39,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from service.config import StoreUrl
 from service.errors import Overloaded, StoreUnavailable
-from service.ids import id_floor
+from service.ids import id_floor, id_time
 from service.jobs.record import BatchProgress, JobRecord
 from service.jobs.redis_lua import PRELUDE, SCRIPTS
 from service.jobs.registry import Pool
@@ -307,7 +307,7 @@ class RedisStore:
 
     async def progress(self, record: JobRecord, progress: BatchProgress) -> None:
         await self._script(
-            "progress", record.id, progress.done, progress.failed, _num(record.created_at),
+            "progress", record.id, progress.done, progress.failed, self._items_expire(record),
             *self._items(record, progress),
         )  # fmt: skip
 
@@ -337,13 +337,17 @@ class RedisStore:
             put += ["done", progress.done, "failed", progress.failed]
         try:
             await self._script(
-                "finish", record.id, state.value, _num(now), _num(record.created_at),
+                "finish", record.id, state.value, _num(now), self._items_expire(record),
                 *self._items(record, progress), len(put) // 2, *put, len(gone), *gone,
             )  # fmt: skip
         finally:
             # Written or not, this worker is done with it: if the write failed, the lease
             # runs out and the job runs again elsewhere.
             self._held.pop(record.id, None)
+
+    def _items_expire(self, record: JobRecord) -> int:
+        """When the item results of ``record`` expire (Unix ms): the TTL after its id's time."""
+        return int(id_time(record.id) * 1000 + self.result_ttl_s * 1000)
 
     def _items(self, record: JobRecord, progress: BatchProgress | None) -> list[Any]:
         keyed = progress.keyed if progress else []
