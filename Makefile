@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 $(VENV):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,fleet]'
 
 run: $(VENV)
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py
