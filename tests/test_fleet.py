@@ -125,3 +125,22 @@ def test_redis_stopped_and_started_again(
         doc = srv.wait_final(job_id, timeout=DEADLINE_S)
         assert doc["state"] == "succeeded", doc
     assert srv.wait_final(straddling)["attempts"] in (1, 2)  # run again if its end was lost
+
+
+def test_queued_jobs_of_a_host_stopped_gracefully_run_on_another(
+    server_factory: Callable[..., Server], redis_url: str
+) -> None:
+    """SIGTERM: the running job finishes there; the queued ones run on the next host up."""
+    env = fleet_env(redis_url, JOBPOOL_IO_THREADS="1")
+    a = server_factory("a", workers=1, env=env)
+    running = submit(a, "test.where", seconds=2.0)  # a is busy until after its SIGTERM
+    queued = [submit(a, "test.where", seconds=0) for _ in range(3)]
+    assert states(a, [running, *queued]) == ["running", "queued", "queued", "queued"]
+    assert a.stop() == 0  # graceful
+    b = server_factory("b", workers=1, env=env)
+    docs = {i: b.wait_final(i, timeout=DEADLINE_S) for i in [running, *queued]}
+    assert {d["state"] for d in docs.values()} == {"succeeded"}
+    assert b.get(f"/v1/jobs/{running}/result").json()["state_dir"] == str(a.state_dir)
+    for job_id in queued:
+        assert b.get(f"/v1/jobs/{job_id}/result").json()["state_dir"] == str(b.state_dir)
+        assert docs[job_id]["attempts"] == 1
