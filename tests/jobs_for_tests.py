@@ -93,3 +93,11 @@ def cpu_where(seconds: float = 0.0) -> dict[str, Any]:
     while time.process_time() < deadline:
         pass
     return {"state_dir": os.environ.get("JOBPOOL_STATE_DIR"), "pid": os.getpid()}
+
+
+@job("test.span", pool="io", timeout=30)
+def span(seconds: float = 0.0) -> dict[str, float]:
+    """Sleep; answer when the run began and ended (wall clock), to see what ran beside it."""
+    began = time.time()
+    time.sleep(seconds)
+    return {"began": began, "ended": time.time()}

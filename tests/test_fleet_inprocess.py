@@ -145,3 +145,39 @@ async def test_a_job_runs_at_most_max_attempts_times_in_all(redis_url: str, tmp_
         assert got.error.startswith("gave up after 2 attempts")
         assert "interrupted" in got.error
     await ghost.close()
+
+
+async def test_a_job_a_crash_cut_off_runs_alone_on_the_host_that_takes_it(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A claimed job whose last run died with its process runs with nothing beside it."""
+    ghost = RedisStore(
+        StoreUrl("redis", redis_url), state_dir=tmp_path / "ghost",
+        lane_of=lambda _name: "io", pools=POOLS, result_ttl_s=60, result_max=1 << 20,
+        lease_s=0.2, queue_max=100,
+    )  # fmt: skip
+    await ghost.open()
+    assert ghost._renewer is not None
+    ghost._renewer.cancel()
+    suspect = record("test.span", args={"seconds": 0.3})
+    await ghost.add(suspect)
+    await ghost.claim(ROOM, 1.0)
+    await asyncio.sleep(0.3)
+    await ghost.adopt_orphans()  # back in the queue, marked interrupted
+    others = [record("test.span", args={"seconds": 0.1}) for _ in range(2)]
+    for job in others:
+        await ghost.add(job)
+    async with hosts(tmp_path, redis_url, "a", io_threads=4):
+        for _ in range(200):
+            docs = [await ghost.get(j.id) for j in (suspect, *others)]
+            if all(d is not None and d.state is JobState.SUCCEEDED for d in docs):
+                break
+            await asyncio.sleep(0.05)
+    s, *rest = docs
+    assert s is not None
+    assert s.attempts == 2
+    for d in rest:
+        assert d is not None
+        assert d.state is JobState.SUCCEEDED
+        assert d.result["began"] >= s.result["ended"]  # nothing ran beside it
+    await ghost.close()

@@ -146,8 +146,8 @@ class JobLayer:
             collections.deque()
         )
         self._suspect_running = False
-        #: Suspects taken from a shared queue: already started (claimed) when they run.
-        self._claimed_suspects: set[str] = set()
+        #: Jobs claimed from a shared queue that wait here: already started when they run.
+        self._claimed: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._janitor: asyncio.Task[None] | None = None
@@ -193,6 +193,12 @@ class JobLayer:
             if late:
                 log.warning("%d jobs still running at shutdown: requeued", len(late))
                 await asyncio.wait(late, timeout=SHUTDOWN_REQUEUE_S)
+        # Claimed from a shared queue but never run (they waited behind a suspect): back
+        # to the queue for another worker.
+        for job_id in list(self._claimed):
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.requeue(job_id, error="interrupted by shutdown")
+        self._claimed.clear()
         self.io.close(wait=False)
         if self._cpu is not None:
             self._cpu.close(wait=False)
@@ -344,15 +350,17 @@ class JobLayer:
             suspect_pool, (record, slots) = self._suspects.popleft()
             self._suspect_running = True
             self._lanes[suspect_pool].running += 1
-            started = record.id in self._claimed_suspects
-            self._claimed_suspects.discard(record.id)
+            started = record.id in self._claimed
+            self._claimed.discard(record.id)
             self._spawn(suspect_pool, record, slots, started=started, suspect=True)
             return
         lane = self._lanes[pool]
         while lane.waiting and lane.running < lane.limit:
             record, slots = lane.waiting.popleft()
             lane.running += 1
-            self._spawn(pool, record, slots, started=False)
+            started = record.id in self._claimed
+            self._claimed.discard(record.id)
+            self._spawn(pool, record, slots, started=started)
 
     def _spawn(
         self, pool: Pool, record: JobRecord, slots: _Slots, *, started: bool,
@@ -417,20 +425,25 @@ class JobLayer:
                 for pool, n in room.items():
                     self._lanes[pool].running -= n
             got: dict[Pool, int] = dict.fromkeys(room, 0)
+            # A job whose last run ended with its process runs alone, as _resume has it:
+            # the others of the same claim wait here until it is done.
+            alone = any(record.error == INTERRUPTED for record in records)
             for record in records:
                 pool = self._pool_of(record)
                 got[pool] = got.get(pool, 0) + 1
                 slots = len(record.items) if record.items is not None else 1
                 self.admission[pool].force(slots)  # already accepted: never refused now
                 entry = (record, _Slots(self.admission[pool], slots))
-                if record.error == INTERRUPTED:
-                    # Its last run ended with its process: run it alone, as _resume does.
-                    self._claimed_suspects.add(record.id)
-                    self._suspects.append((pool, entry))
+                if alone:
+                    self._claimed.add(record.id)
+                    if record.error == INTERRUPTED:
+                        self._suspects.append((pool, entry))
+                    else:
+                        self._lanes[pool].waiting.append(entry)
                     continue
                 self._lanes[pool].running += 1
                 self._spawn(pool, *entry, started=True)
-            if self._quarantine:
+            if alone:
                 for each in self._lanes:
                     self._pump(each)
             for pool, n in room.items():
