@@ -47,6 +47,44 @@ class UnsupportedMediaType(ServiceError, ValueError):
     title = "Unsupported media type"
 
 
+class UriTooLong(ServiceError, ValueError):
+    """The path and query are over their limit."""
+
+    title = "URI too long"
+
+
+class Unauthorized(ServiceError, PermissionError):
+    """No API key, or one that is malformed or not valid (401 with ``WWW-Authenticate``).
+
+    ``error`` is the RFC 6750 error code of the challenge (``invalid_token``), or None when
+    no Bearer key was presented at all.
+    """
+
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, *, error: str | None = None) -> None:
+        super().__init__(detail)
+        self.error = error
+
+
+class TooManyRequests(ServiceError):
+    """A client is over one of its limits (429 with ``Retry-After``)."""
+
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(TooManyRequests):
+    """A client sends requests faster than ``JOBPOOL_CLIENT_RATE``."""
+
+
+class TooManyJobs(TooManyRequests):
+    """A client has ``JOBPOOL_CLIENT_MAX_INFLIGHT`` jobs queued or running already."""
+
+
 class JobNotFound(ServiceError, LookupError):
     """No such job, or not the caller's: the two look the same from outside."""
 

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from service.errors import ShuttingDown, StoreUnavailable
 from service.ids import new_id
@@ -71,6 +71,32 @@ def split(items: list[Any], parts: int) -> list[list[tuple[int, Any]]]:
         chunks.append(list(enumerate(items[start:end], start)))
         start = end
     return [c for c in chunks if c]
+
+
+class Quota(Protocol):
+    """Jobs in flight per owner (a cap may refuse one); see :class:`service.limits.HostLimits`."""
+
+    def acquire(self, owner: str) -> None:
+        """Count a new job of ``owner``, or raise (a ServiceError) if it is over its cap."""
+
+    def force(self, owner: str) -> None:
+        """Count a job accepted earlier (resumed), whatever the cap."""
+
+    def release(self, owner: str) -> None:
+        """A counted job of ``owner`` has ended here."""
+
+
+class NoQuota:
+    """No cap on jobs in flight."""
+
+    def acquire(self, owner: str) -> None:
+        pass
+
+    def force(self, owner: str) -> None:
+        pass
+
+    def release(self, owner: str) -> None:
+        pass
 
 
 class _Slots:
@@ -125,8 +151,10 @@ class JobLayer:
         janitor_interval_s: float,
         clock: Callable[[], float] = time.time,
         id_factory: Callable[[], str] = new_id,
+        quota: Quota | None = None,
     ) -> None:
         self.registry = registry
+        self.quota: Quota = quota or NoQuota()
         self.store = store
         self.io = io_pool
         self._cpu_pool_factory = cpu_pool_factory
@@ -215,6 +243,7 @@ class JobLayer:
             slots = len(record.items) if record.items is not None else 1
             pool = self._pool_of(record)
             self.admission[pool].force(slots)  # already accepted: never refused now
+            self.quota.force(record.owner)
             entry = (record, _Slots(self.admission[pool], slots))
             if record.error == INTERRUPTED:
                 self._suspects.append((pool, entry))
@@ -261,7 +290,12 @@ class JobLayer:
             raise ShuttingDown("this worker is shutting down; retry on another")
         count = 1 if items is None else len(items)
         admission = self.admission[spec.pool]
-        await admission.acquire(count)
+        self.quota.acquire(owner)
+        try:
+            await admission.acquire(count)
+        except BaseException:
+            self.quota.release(owner)
+            raise
         slots = _Slots(admission, count)
         lane = self._lanes[spec.pool]
         now = self.clock()
@@ -283,6 +317,7 @@ class JobLayer:
             stored = await self.store.add(record)
         except BaseException:
             slots.release()
+            self.quota.release(owner)
             if starts_now:
                 lane.running -= 1
                 self._pump(spec.pool)
@@ -368,9 +403,10 @@ class JobLayer:
     ) -> None:  # fmt: skip
         task = asyncio.create_task(self._run(record, slots, started=started))
         self._tasks[record.id] = task
-        task.add_done_callback(lambda _t: self._ended(pool, record.id, suspect))
+        task.add_done_callback(lambda _t: self._ended(pool, record.id, record.owner, suspect))
 
-    def _ended(self, pool: Pool, job_id: str, suspect: bool) -> None:
+    def _ended(self, pool: Pool, job_id: str, owner: str, suspect: bool) -> None:
+        self.quota.release(owner)
         self._tasks.pop(job_id, None)
         for future in self._waiters.pop(job_id, ()):
             if not future.done():
