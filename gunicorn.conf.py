@@ -9,6 +9,7 @@ import sys
 
 from service.config import Settings
 from service.errors import ConfigError
+from service.keys import Keyring
 
 FAST_PARSER_MIN = (0, 6, 14)  # the gunicorn_h1c that gunicorn 27's [fast] extra requires
 
@@ -35,13 +36,21 @@ def _http_parser():
     return "fast" if release >= FAST_PARSER_MIN else "python"
 
 
+def _keys_problem(settings):
+    try:
+        Keyring.from_settings(settings)  # no keys and auth on: refuse to start
+    except ConfigError as ex:
+        return ex.detail
+    return None
+
+
 try:
     settings = Settings.from_env()
 except ConfigError as ex:
     # One line naming the variable, then stop: no traceback to dig through.
     print(f"jobpool: {ex.detail}", file=sys.stderr)
     sys.exit(2)
-if problem := _state_dir_problem(settings.state_dir):
+if problem := _state_dir_problem(settings.state_dir) or _keys_problem(settings):
     print(f"jobpool: {problem}", file=sys.stderr)
     sys.exit(2)
 
@@ -66,9 +75,9 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # heartbeat 
 control_socket_disable = True
 loglevel = settings.log_level
 errorlog = "-"
-limit_request_line = 8190
-limit_request_fields = 100
-limit_request_field_size = 8190
+limit_request_line = settings.request_line_max  # longer: 414 before the app sees it
+limit_request_fields = settings.header_count_max  # more: 431
+limit_request_field_size = settings.header_bytes_max  # longer: 431
 
 
 def post_fork(server, worker):

@@ -12,7 +12,7 @@ import falcon
 import falcon.asgi
 
 from service import signals
-from service.api import problems
+from service.api import problems, security
 from service.api.fetch import FetchResource
 from service.api.health import Healthz, Readyz
 from service.api.images import ImagesResource
@@ -30,6 +30,8 @@ from service.jobs.registry import POOLS, Registry, registry
 from service.jobs.sqlite_store import SqliteStore
 from service.jobs.store import Store
 from service.jobs.tokens import HostTokens
+from service.keys import Keyring
+from service.limits import HostLimits
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,12 @@ class Service:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         s = settings
+        self.limits = HostLimits(
+            s.state_dir / "limits",
+            rate=s.client_rate,
+            burst=s.client_burst,
+            max_inflight=s.client_max_inflight,
+        )
         self.layer = JobLayer(
             registry=registry,
             store=make_store(s, registry),
@@ -90,6 +98,7 @@ class Service:
             admission_wait_s=s.admission_wait_ms / 1000,
             max_attempts=s.max_attempts,
             janitor_interval_s=s.janitor_interval_s,
+            quota=self.limits,
         )
         self._stopping: asyncio.Future[None] | None = None
 
@@ -105,6 +114,7 @@ class Service:
         )
 
     async def start(self) -> None:
+        self.limits.open()  # before the layer resumes (and counts) unfinished jobs
         await self.layer.start()
 
     def begin_stop(self) -> None:
@@ -117,6 +127,7 @@ class Service:
         self.begin_stop()
         assert self._stopping is not None
         await self._stopping
+        self.limits.close()
 
     async def ping_store(self) -> None:
         await self.layer.store.ping()
@@ -148,7 +159,12 @@ def create_app(
     service = Service(settings, jobs)
     signals.on_terminate(service.begin_stop)
     layer = service.layer
-    middleware: list[Any] = [RequestId(), Lifecycle(service.start, service.stop)]
+    keyring = Keyring.from_settings(settings)
+    middleware: list[Any] = [
+        RequestId(),
+        *security.middleware(settings, keyring, service.limits),
+        Lifecycle(service.start, service.stop),
+    ]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     problems.install(app, drain_max=settings.drain_max)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import psutil
 
 from service.errors import ConfigError
+from service.keys import KeyEntry, env_entries
 
 PREFIX = "JOBPOOL_"
 
@@ -39,6 +40,23 @@ def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a number") from None
+        if not lo <= value <= hi:  # also refuses nan
+            raise ValueError(f"{raw} is out of range (must be between {lo:g} and {hi:g})")
+        return value
+
+    return parse
+
+
+def _optional_path(raw: str) -> Path | None:
+    return Path(raw) if raw.strip() else None
 
 
 def _bool(raw: str) -> bool:
@@ -270,6 +288,38 @@ class Settings:
     )
     search_query_max: int = _setting(
         "SEARCH_QUERY_MAX", 256, _int(1, 8192), "search: characters of q"
+    )
+    # -- security: API keys, per-client limits (host-wide), request limits ------------
+    auth: bool = _setting(
+        "AUTH", True, _bool, "require an API key on every route but /healthz and /readyz"
+    )
+    api_keys: tuple[KeyEntry, ...] = _setting(
+        "API_KEYS", (), env_entries, "API keys as NAME:sha256:HEX entries, comma-separated"
+    )
+    api_keys_file: Path | None = _setting(
+        "API_KEYS_FILE", None, _optional_path, "file of API key entries, one a line"
+    )
+    client_rate: float = _setting(
+        "CLIENT_RATE", 1000.0, _float(0, 1e9), "requests/s per client on the host; 0: off"
+    )
+    client_burst: int = _setting(
+        "CLIENT_BURST", 2000, _int(1), "requests a client may send at once above its rate"
+    )
+    client_max_inflight: int = _setting(
+        "CLIENT_MAX_INFLIGHT", 1000, _int(0), "jobs per client queued or running; 0: off"
+    )
+    url_max: int = _setting("URL_MAX", 2048, _int(64, 8190), "bytes of path and query")
+    query_params_max: int = _setting(
+        "QUERY_PARAMS_MAX", 20, _int(1, 1000), "query parameters per request"
+    )
+    request_line_max: int = _setting(
+        "REQUEST_LINE_MAX", 8190, _int(256, 8190), "bytes of the HTTP request line (gunicorn)"
+    )
+    header_count_max: int = _setting(
+        "HEADER_COUNT_MAX", 100, _int(10, 32768), "header fields per request (gunicorn)"
+    )
+    header_bytes_max: int = _setting(
+        "HEADER_BYTES_MAX", 8190, _int(256, 65536), "bytes of one header field (gunicorn)"
     )
     # Not a user setting: gunicorn.conf.py hands the real worker count to each worker.
     gunicorn_workers: int = _setting(

@@ -12,6 +12,8 @@ from falcon import testing
 
 from service.app import create_app
 from service.config import Settings
+from service.keys import env_entries
+from tests.clients import ALICE, API_KEYS, bearer
 from tests.extension import extend
 from tests.redis_server import RedisServer, redis_server_binary
 from tests.server import Server
@@ -39,6 +41,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "cpu_workers": 2,
             "io_threads": 8,
             "janitor_interval_s": 1,
+            "api_keys": env_entries(API_KEYS),  # auth is on: alice and bob
         }
         base.update(overrides)
         return Settings.from_env({}, **base)
@@ -48,8 +51,9 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 @pytest.fixture
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[testing.ASGIConductor]:
-    """The app in-process (lifespan included) with default test settings."""
-    async with testing.ASGIConductor(create_app(make_settings(), extend=extend)) as conductor:
+    """The app in-process (lifespan included) with default test settings, as alice."""
+    app = create_app(make_settings(), extend=extend)
+    async with testing.ASGIConductor(app, headers=bearer(ALICE)) as conductor:
         yield conductor
 
 
@@ -57,10 +61,11 @@ async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[testin
 def conductor_for(
     make_settings: Callable[..., Settings],
 ) -> Callable[..., testing.ASGIConductor]:
-    """An in-process app with the given setting overrides (use with ``async with``)."""
+    """An in-process app with the given setting overrides, as alice (``async with``)."""
 
     def make(**overrides: Any) -> testing.ASGIConductor:
-        return testing.ASGIConductor(create_app(make_settings(**overrides), extend=extend))
+        app = create_app(make_settings(**overrides), extend=extend)
+        return testing.ASGIConductor(app, headers=bearer(ALICE))
 
     return make
 

@@ -16,6 +16,8 @@ import orjson
 import psutil
 import urllib3
 
+from tests.clients import ALICE, API_KEYS, bearer
+
 ROOT = Path(__file__).resolve().parent.parent
 START_DEADLINE_S = 30.0
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
@@ -35,7 +37,11 @@ class Response:
 
 
 class Server:
-    """``with Server(state_dir, env={...}) as srv: srv.post(...)``."""
+    """``with Server(state_dir, env={...}) as srv: srv.post(...)``.
+
+    Auth is on with the test keys (alice, bob); requests go as alice unless ``key=`` says
+    otherwise (``key=None``: no Authorization header).
+    """
 
     def __init__(
         self,
@@ -71,6 +77,7 @@ class Server:
             "JOBPOOL_STATE_DIR": str(self.state_dir),
             "JOBPOOL_LOG_LEVEL": "info",
             "PYTHONPATH": str(ROOT),
+            "JOBPOOL_API_KEYS": API_KEYS,
             **self.env,
         })  # fmt: skip
         cmd = [
@@ -178,8 +185,11 @@ class Server:
         json: Any = None,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
+        key: str | None = ALICE,
     ) -> Response:
         headers = dict(headers or {})
+        if key is not None and "Authorization" not in headers:
+            headers.update(bearer(key))
         if json is not None:
             body = orjson.dumps(json)
             headers.setdefault("Content-Type", "application/json")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import ALICE, bearer
 from tests.conftest import SEED_BATCH
 from tests.server import ROOT, Server
 
@@ -68,7 +69,7 @@ def test_limits_answer_413_and_422(server_factory: Callable[..., Server]) -> Non
         "POST",
         srv.url("/v1/parcels"),
         body=iter([b'{"Data": [', b" " * 2500, b"]}"]),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **bearer(ALICE)},
         chunked=True,
     )
     assert chunked.status == 413

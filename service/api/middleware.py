@@ -1,4 +1,4 @@
-"""Middleware: request ids, the owner of a request, and the worker's life cycle."""
+"""Middleware: request ids and the worker's life cycle (the owner: see security.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 import falcon.asgi
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:=;/+-]{1,200}")
-ANONYMOUS = "anonymous"
 
 
 class RequestId:
@@ -20,7 +19,6 @@ class RequestId:
         given = req.get_header("X-Request-ID") or req.get_header("X-Amzn-Trace-Id")
         rid = given if given and REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
         req.context.request_id = rid
-        req.context.owner = ANONYMOUS
         resp.set_header("X-Request-ID", rid)
 
 

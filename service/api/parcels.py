@@ -18,6 +18,7 @@ class ParcelsResource:
     def __init__(self, layer: JobLayer, settings: Settings) -> None:
         self.layer = layer
         self.settings = settings
+        self.body_max = settings.body_max  # checked by security.BodyLimit before reading
         latency = settings.parcel_latency_ms
         self.options = {"latency_ms": list(latency)} if latency else {}
 

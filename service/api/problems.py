@@ -15,12 +15,16 @@ from service.api.http import drain
 log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
+REALM = 'Bearer realm="jobpool"'
 
 STATUS: dict[type[errors.ServiceError], int] = {
     errors.BadRequest: 400,
     errors.Invalid: 422,
     errors.TooLarge: 413,
     errors.UnsupportedMediaType: 415,
+    errors.UriTooLong: 414,
+    errors.Unauthorized: 401,
+    errors.TooManyRequests: 429,
     errors.JobNotFound: 404,
     errors.NotFound: 404,
     errors.Conflict: 409,
@@ -69,6 +73,9 @@ async def handle_service_error(
     retry_after = getattr(ex, "retry_after_s", None)
     if retry_after is not None:
         resp.set_header("Retry-After", str(retry_after))
+    if isinstance(ex, errors.Unauthorized):  # RFC 6750 section 3
+        error = f', error="{ex.error}"' if ex.error else ""
+        resp.set_header("WWW-Authenticate", REALM + error)
     extra = getattr(ex, "extra", None) or {}
     problem(resp, status_of(ex), ex.title, ex.detail, **extra)
 

@@ -1,0 +1,126 @@
+"""Security middleware: request-shape limits, API keys (who is asking), per-client limits.
+
+In order, for every request:
+
+1. :class:`RequestLimits` refuses a path and query over ``JOBPOOL_URL_MAX`` (414) or with
+   more than ``JOBPOOL_QUERY_PARAMS_MAX`` parameters (400). Header sizes and counts are
+   gunicorn's, before the app sees anything (``gunicorn.conf.py``).
+2. :class:`Authenticate` finds the client of the ``Authorization: Bearer`` key (401 with
+   ``WWW-Authenticate`` otherwise), sets ``req.context.owner`` to its name, and takes one
+   token of the client's host-wide request rate (429 with ``Retry-After``). The health
+   routes stay open: the load balancer checks them without a key.
+3. :class:`BodyLimit`, once the route is known, refuses a declared body over the route's
+   limit (413) before anything reads it: a resource's ``body_max`` attribute (named in the
+   answer by its ``body_max_setting``), else ``JOBPOOL_BODY_MAX``; GET, HEAD, DELETE and
+   OPTIONS take no body.
+
+The per-client cap on jobs in flight is the job layer's (it knows when a job ends); see
+:mod:`service.limits`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import falcon.asgi
+
+from service.config import Settings
+from service.errors import BadRequest, TooLarge, UriTooLong
+from service.keys import Keyring
+from service.limits import HostLimits
+
+log = logging.getLogger(__name__)
+
+#: Routes answered without a key: liveness and readiness, for the load balancer.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: The owner of every job when ``JOBPOOL_AUTH=off``.
+ANONYMOUS = "anonymous"
+BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+class RequestLimits:
+    """Path plus query within ``url_max`` bytes; at most ``params_max`` query parameters."""
+
+    def __init__(self, *, url_max: int, params_max: int) -> None:
+        self.url_max = url_max
+        self.params_max = params_max
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        scope = req.scope
+        query: bytes = scope.get("query_string", b"")
+        path = scope.get("raw_path") or req.path.encode()
+        if len(path) + len(query) > self.url_max:
+            raise UriTooLong(
+                f"the path and query have {len(path) + len(query)} bytes;"
+                f" the limit is {self.url_max} (JOBPOOL_URL_MAX)"
+            )
+        if query and query.count(b"&") >= self.params_max:
+            raise BadRequest(
+                f"more than {self.params_max} query parameters (JOBPOOL_QUERY_PARAMS_MAX)"
+            )
+
+
+class Authenticate:
+    """``req.context.owner``: the client whose key the request carries; then its rate."""
+
+    def __init__(
+        self,
+        keyring: Keyring | None,
+        limits: HostLimits,
+        *,
+        open_paths: Iterable[str] = OPEN_PATHS,
+    ) -> None:
+        self.keyring = keyring
+        self.limits = limits
+        self.open_paths = frozenset(open_paths)
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        if req.path in self.open_paths:
+            return
+        if self.keyring is None:
+            owner = ANONYMOUS
+        else:
+            owner = self.keyring.authenticate(req.get_header("Authorization"))
+        req.context.owner = owner
+        self.limits.take(owner)
+
+
+class BodyLimit:
+    """A body declared larger than its route takes is refused before it is read."""
+
+    def __init__(self, *, default_max: int) -> None:
+        self.default_max = default_max
+
+    async def process_resource(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: object,
+        params: dict[str, Any],
+    ) -> None:
+        length = req.content_length
+        if not length or resource is None:
+            return
+        if req.method in BODYLESS:
+            raise TooLarge(f"{req.method} takes no body; this one has {length} bytes")
+        limit: int = getattr(resource, "body_max", self.default_max)
+        if length > limit:
+            setting = getattr(resource, "body_max_setting", "JOBPOOL_BODY_MAX")
+            raise TooLarge(f"the body has {length} bytes; the limit is {limit} ({setting})")
+
+
+def middleware(settings: Settings, keyring: Keyring | None, limits: HostLimits) -> list[object]:
+    """The security middleware, in order, for ``create_app``."""
+    if keyring is None:
+        log.warning(
+            "JOBPOOL_AUTH=off: every request is served without an API key, as client %r;"
+            " for local use only",
+            ANONYMOUS,
+        )
+    return [
+        RequestLimits(url_max=settings.url_max, params_max=settings.query_params_max),
+        Authenticate(keyring, limits),
+        BodyLimit(default_max=settings.body_max),
+    ]
