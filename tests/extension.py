@@ -1,11 +1,13 @@
 """Routes added the way the README shows: a job (in jobs_for_tests) plus a small resource.
 
 ``POST /test/jobs/{name}`` submits any test job with the JSON body as its arguments, for the
-reliability tests.
+reliability tests. Every answer names the worker process that gave it (``X-Test-Worker``),
+so tests can tell that host-wide limits hold across workers.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import falcon
@@ -64,7 +66,17 @@ class AnyTestBatch:
         await answer_submitted(self.layer, req, resp, record, preferred_wait(req, 60))
 
 
+class WorkerPid:
+    """Adds ``X-Test-Worker: <pid>`` to every answer."""
+
+    async def process_response(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any, ok: bool
+    ) -> None:
+        resp.set_header("X-Test-Worker", str(os.getpid()))
+
+
 def extend(app: falcon.asgi.App[Any, Any], layer: JobLayer, settings: Settings) -> None:
+    app.add_middleware(WorkerPid())
     app.add_route("/v1/echo", Echo(layer))
     app.add_route("/test/jobs/{name}", AnyTestJob(layer))
     app.add_route("/test/batch/{name}", AnyTestBatch(layer))

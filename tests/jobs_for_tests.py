@@ -21,6 +21,14 @@ def sleep(seconds: float, tag: str = "") -> dict[str, Any]:
     return {"slept": seconds, "tag": tag}
 
 
+@job("test.wait_for", pool="io", timeout=60)
+def wait_for(path: str) -> dict[str, Any]:
+    """Run until the file ``path`` exists: a job the test ends when it chooses."""
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return {"released": path}
+
+
 @job("test.fail", pool="io", timeout=10)
 def fail(message: str) -> None:
     raise RuntimeError(message)
