@@ -1,0 +1,269 @@
+"""Fuzzing the request parsers (hypothesis): any request gets a 4xx or better, never a 5xx.
+
+Bounded: a fixed number of examples per test, no per-example deadline; the whole module
+takes seconds. The HTTP fuzz drives the production routes in-process (lifespan, store and
+pools included) with arbitrary methods, paths, query strings, headers, content types and
+bodies, some of them close to valid so that the deeper parsers are reached too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import string
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from falcon import testing
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
+
+from service import ids, netguard
+from service.api.http import preferred_wait
+from service.app import create_app
+from service.config import Settings
+from service.errors import Invalid, Unauthorized
+from service.keys import Keyring, env_entries
+from service.tasks.parcels import parse_batch
+from tests.clients import ALICE, API_KEYS
+
+HTTP_EXAMPLES = 400
+PARSER_EXAMPLES = 300
+
+# What gunicorn lets through to the app: visible ASCII in the target, latin-1 in headers.
+TARGET_CHARS = "".join(c for c in string.printable if c not in " \t\n\r\x0b\x0c#?/")
+QUERY_CHARS = "".join(c for c in string.printable if c not in " \t\n\r\x0b\x0c#")
+HEADER_VALUE = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+    max_size=80,
+)
+SET_APART = {"content-length", "transfer-encoding", "host", "content-type"}
+HEADER_NAME = st.text(
+    string.ascii_letters + string.digits + "-!#$%&'*+.^_`|~", min_size=1, max_size=20
+).filter(lambda n: n.lower() not in SET_APART)
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+TIMES = st.sampled_from(
+    ["2017-01-01T00:00:01Z", "2020-02-29T23:59:60.5+01:00", "2017-01-01", "", "nope", "T"]
+) | st.text(max_size=30)
+ITEM = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=10) | JSON,
+        "time": TIMES | JSON,
+        "data": st.text() | JSON,
+        "extra": JSON,
+    },
+)
+GOOD_ITEM = st.fixed_dictionaries(
+    {
+        "id": st.text(min_size=1, max_size=10),
+        "time": st.sampled_from(["2017-01-01T00:00:01Z", "2020-02-29T23:59:60.5+01:00"]),
+        "data": st.text(max_size=20),
+    }
+)
+BATCH = st.fixed_dictionaries(
+    {"Data": st.lists(GOOD_ITEM | ITEM, max_size=6) | JSON}, optional={"x": JSON}
+)
+
+BODIES = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=200).map(str.encode),
+    JSON.map(orjson.dumps),
+    BATCH.map(orjson.dumps),
+    BATCH.map(lambda b: orjson.dumps(b)[:-1]),  # cut short
+)
+CONTENT_TYPES = (
+    st.sampled_from(
+        [
+            None,
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/problem+json",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "",
+            "application/",
+            ";",
+            "application/json;;;",
+        ]
+    )
+    | HEADER_VALUE
+)
+AUTHORIZATION = st.sampled_from([f"Bearer {ALICE}"] * 6 + ["", "Bearer", f"Basic {ALICE}"]) | (
+    st.text(QUERY_CHARS, max_size=60).map(lambda t: f"Bearer {t}")
+)
+IDS = st.one_of(
+    st.builds(ids.new_id),
+    st.text(TARGET_CHARS, min_size=1, max_size=40),
+    st.sampled_from(["0" * 26, "z" * 26, "1", "%00", "%ff", "..", "%2e%2e"]),
+)
+PATHS = st.one_of(
+    st.sampled_from(["/v1/parcels", "/healthz", "/readyz", "/", "/v1/jobs", "/v1", "/v1/parcels/"]),
+    IDS.map("/v1/jobs/{}".format),
+    IDS.map("/v1/jobs/{}/result".format),
+    IDS.map("/v1/parcels/{}".format),
+    st.lists(st.text(TARGET_CHARS, min_size=1, max_size=12), max_size=4).map(
+        lambda parts: "/" + "/".join(parts)
+    ),
+)
+QUERIES = st.one_of(
+    st.none(),
+    st.text(QUERY_CHARS, max_size=120),
+    st.lists(
+        st.tuples(st.text(TARGET_CHARS, max_size=6), st.text(TARGET_CHARS, max_size=6)), max_size=30
+    ).map(lambda kv: "&".join(f"{k}={v}" for k, v in kv)),
+)
+EXTRA_HEADERS = st.dictionaries(HEADER_NAME, HEADER_VALUE, max_size=6)
+PREFER = (
+    st.none()
+    | st.sampled_from(["wait=1", "wait=0", "wait=999999", "wait=-1", "wait"])
+    | (HEADER_VALUE)
+)
+CONTENT_LENGTH = st.none() | st.sampled_from(["abc", "-1", "99999999999", "1", "0", " 5"])
+
+
+@st.composite
+def near_valid_submits(draw: st.DrawFn) -> dict[str, Any]:
+    """POST /v1/parcels as alice with JSON, so the body parsers are reached."""
+    headers: dict[str, str] = draw(EXTRA_HEADERS)
+    headers["Authorization"] = f"Bearer {ALICE}"
+    headers["Content-Type"] = draw(st.sampled_from(["application/json", "application/x+json"]))
+    body = draw(st.one_of(BATCH.map(orjson.dumps), BODIES))
+    return {"method": "POST", "path": "/v1/parcels", "headers": headers, "body": body}
+
+
+@st.composite
+def any_requests(draw: st.DrawFn) -> dict[str, Any]:
+    headers: dict[str, str] = draw(EXTRA_HEADERS)
+    auth = draw(AUTHORIZATION)
+    if auth:
+        headers["Authorization"] = auth
+    prefer = draw(PREFER)
+    if prefer is not None:
+        headers["Prefer"] = prefer
+    content_type = draw(CONTENT_TYPES)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    length = draw(CONTENT_LENGTH)
+    if length is not None:
+        headers["Content-Length"] = length
+    return {
+        "method": draw(
+            st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"])
+        ),
+        "path": draw(PATHS),
+        "query_string": (draw(QUERIES) or "").lstrip("?") or None,  # the harness wants no ?
+        "headers": headers,
+        "body": draw(BODIES),
+    }
+
+
+def test_no_request_gets_a_5xx(make_settings: Callable[..., Settings]) -> None:
+    """Arbitrary methods, paths, queries, headers and bodies: always a 4xx or better."""
+    settings = make_settings(
+        wait_max_s=1, client_rate=0, client_max_inflight=0, query_params_max=10, url_max=200
+    )
+    loop = asyncio.new_event_loop()
+    conductor = testing.ASGIConductor(create_app(settings))
+    loop.run_until_complete(conductor.__aenter__())
+    seen: set[int] = set()
+
+    @examples(
+        max_examples=HTTP_EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    @given(request=st.one_of(any_requests(), near_valid_submits()))
+    def answer(request: dict[str, Any]) -> None:
+        result = loop.run_until_complete(conductor.simulate_request(**request))
+        seen.add(result.status_code)
+        assert result.status_code < 500, (request, result.status_code, result.text)
+        if result.status_code >= 400 and request["method"] != "HEAD":
+            assert result.headers["content-type"] == "application/problem+json"
+            assert orjson.loads(result.content)["status"] == result.status_code
+
+    try:
+        answer()
+    finally:
+        loop.run_until_complete(conductor.__aexit__(None, None, None))
+        loop.close()
+    # The fuzz reached past auth into the parsers, not only the 401 wall.
+    assert {202, 400, 401, 404, 422}.issubset(seen), seen
+
+
+@examples(max_examples=PARSER_EXAMPLES, deadline=None)
+@given(body=JSON | BATCH, max_items=st.integers(1, 10))
+def test_batch_parser_accepts_or_says_why(body: Any, max_items: int) -> None:
+    """parse_batch either returns checked items or raises Invalid, for any JSON value."""
+    try:
+        items = parse_batch(body, max_items=max_items)
+    except Invalid as ex:
+        detail = ex.detail
+        assert detail
+        return
+    assert 1 <= len(items) <= max_items
+    assert all(set(i) == {"id", "time", "data"} for i in items)
+
+
+@examples(max_examples=PARSER_EXAMPLES, deadline=None)
+@given(value=st.text(max_size=100) | HEADER_VALUE, cap=st.integers(0, 3600))
+def test_prefer_parser_stays_within_its_cap(value: str, cap: int) -> None:
+    """Any Prefer header gives a wait between 0 and the cap."""
+
+    class Req:
+        def get_header(self, name: str) -> str:
+            return value
+
+    assert 0 <= preferred_wait(Req(), cap) <= cap  # type: ignore[arg-type]
+
+
+@examples(max_examples=PARSER_EXAMPLES, deadline=None)
+@given(value=AUTHORIZATION | HEADER_VALUE | st.text(max_size=700))
+def test_authorization_parser_finds_a_client_or_refuses(value: str) -> None:
+    """Any Authorization value is either alice's key or an Unauthorized, nothing else."""
+    ring = Keyring(env_entries(API_KEYS))
+    try:
+        client = ring.authenticate(value)
+    except Unauthorized as ex:
+        detail = ex.detail
+        assert ALICE not in detail
+    else:
+        assert client == "alice"
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_url_guard_parses_or_refuses_any_text(allow_private: bool) -> None:
+    """netguard.precheck (for /v1/fetch) raises only BadURL or BlockedAddress, for any text."""
+
+    @examples(max_examples=PARSER_EXAMPLES, deadline=None)
+    @given(
+        url=st.one_of(
+            st.text(max_size=120),
+            st.builds(
+                "{}://{}{}".format,
+                st.sampled_from(["http", "https", "HTTP", "ftp", ""]),
+                st.text(max_size=40),
+                st.text(max_size=20),
+            ),
+        )
+    )
+    def check(url: str) -> None:
+        with contextlib.suppress(netguard.BadURL, netguard.BlockedAddress):
+            netguard.precheck(url, allow_private=allow_private)
+
+    check()
