@@ -151,7 +151,10 @@ class Keyring:
         self._file_stamp: tuple[int, int, int] | None = None
         self._next_check = 0.0
         if file is not None:
-            self._file_stamp = _stamp(file)
+            try:
+                self._file_stamp = _stamp(file)  # before reading: a later change is seen
+            except OSError as ex:
+                raise ConfigError(f"JOBPOOL_API_KEYS_FILE: cannot read {file}: {ex}") from None
             self._file_entries = read_file(file)
         self._by_digest = _index(self._env + self._file_entries)
 
