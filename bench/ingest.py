@@ -3,7 +3,9 @@
     python -m bench.ingest [--duration 10] [--connections 32] [--rounds 2] [--redis]
 
 Starts each server with gunicorn.conf.py (same worker class, loop, worker count), drives it
-with wrk posting the seed's 9-item batch, and prints requests/s, p50/p99 latency, errors and
+with wrk posting the seed's 9-item batch with an API key (jobpool runs with auth on and its
+client limits on, set too high to refuse anything, so their cost is in the figures), and
+prints requests/s, p50/p99 latency, errors and
 server CPU microseconds per request (the server's whole process tree, from psutil), plus
 jobpool's ratio to the floor. Rounds alternate floor/jobpool so drift on this shared
 machine hits both alike.
@@ -30,6 +32,8 @@ from pathlib import Path
 
 import psutil
 import urllib3
+
+from service.keys import entry_for, new_key
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("seed_batch.lua")
@@ -136,6 +140,7 @@ def drive(
     proc: subprocess.Popen[bytes],
     port: int,
     args: argparse.Namespace,
+    key: str,
     extra_pids: tuple[int, ...] = (),
 ) -> Result:
     before = tree_cpu(proc.pid) + sum(tree_cpu(p) for p in extra_pids)
@@ -143,6 +148,7 @@ def drive(
         ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
          "-s", str(LUA), f"http://127.0.0.1:{port}/v1/parcels"],
         capture_output=True, text=True, check=True,
+        env={**os.environ, "JOBPOOL_BENCH_KEY": key},  # seed_batch.lua sends it
     ).stdout  # fmt: skip
     time.sleep(0.5)  # let the last jobs of the run finish: their CPU belongs to the run
     cpu = tree_cpu(proc.pid) + sum(tree_cpu(p) for p in extra_pids) - before
@@ -188,10 +194,17 @@ def main() -> None:
     if args.redis:
         servers.append(("jp-redis", "service.asgi:app"))
     results: dict[str, list[Result]] = {name: [] for name, _ in servers}
+    key = new_key()
+    jobpool_env = {
+        # One client sends everything here: limits on, but never reached.
+        "JOBPOOL_CLIENT_RATE": "1000000",
+        "JOBPOOL_CLIENT_MAX_INFLIGHT": "1000000",
+    }
     with tempfile.TemporaryDirectory(prefix="jobpool-bench-") as tmp:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
         base_env["PYTHONPATH"] = str(ROOT)
         base_env["JOBPOOL_LOG_LEVEL"] = "warning"
+        base_env["JOBPOOL_API_KEYS"] = entry_for("bench", key)  # gunicorn.conf.py wants keys
         redis: tuple[subprocess.Popen[bytes], int] | None = None
         if args.redis:
             redis = start_redis(Path(tmp))
@@ -201,6 +214,7 @@ def main() -> None:
                     env = dict(base_env, JOBPOOL_STATE_DIR=str(Path(tmp) / f"{name}-{r}"))
                     extra: tuple[int, ...] = ()
                     if name != "floor":
+                        env.update(jobpool_env)
                         env.update(kv.split("=", 1) for kv in args.jobpool_env)
                     if name == "jp-redis" and redis is not None:
                         redis_command(redis[1], "FLUSHALL")
@@ -208,7 +222,7 @@ def main() -> None:
                         extra = (redis[0].pid,)
                     proc = start(app, args.port, env, args.workers)
                     try:
-                        results[name].append(drive(name, proc, args.port, args, extra))
+                        results[name].append(drive(name, proc, args.port, args, key, extra))
                     finally:
                         stop(proc)
         finally:
