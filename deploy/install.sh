@@ -437,7 +437,7 @@ install_config() {
         log "config: creating empty API keys file $keys"
         run install -m 0640 -o root -g "$SERVICE_USER" /dev/null "$keys"
         case "${auth,,}" in
-            on | true | 1 | yes) warn "JOBPOOL_AUTH=$auth and $keys is empty: API requests get 401 until keys are added" ;;
+            on | true | 1 | yes) warn "JOBPOOL_AUTH=$auth and $keys is empty: jobpool refuses to start until keys are added (python -m service.keys new NAME)" ;;
         esac
     fi
     if [[ -n "$state_dir" && "${state_dir%/}" != "$STATE_DIR" ]]; then
