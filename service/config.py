@@ -308,7 +308,7 @@ class Settings:
     client_max_inflight: int = _setting(
         "CLIENT_MAX_INFLIGHT", 1000, _int(0), "jobs per client queued or running; 0: off"
     )
-    url_max: int = _setting("URL_MAX", 2048, _int(64, 8190), "bytes of path and query")
+    url_max: int = _setting("URL_MAX", 4096, _int(64, 8190), "bytes of path and query")
     query_params_max: int = _setting(
         "QUERY_PARAMS_MAX", 20, _int(1, 1000), "query parameters per request"
     )

@@ -20,6 +20,9 @@ class ImagesResource:
     def __init__(self, layer: JobLayer, settings: Settings) -> None:
         self.layer = layer
         self.settings = settings
+        # Checked by security.BodyLimit before the body is read.
+        self.body_max = settings.image_body_max
+        self.body_max_setting = "JOBPOOL_IMAGE_BODY_MAX"
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         media = (req.content_type or "").split(";", 1)[0].strip().lower()
