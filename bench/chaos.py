@@ -30,15 +30,17 @@ import urllib3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.client import BenchClient  # noqa: E402
 from tests.imagegen import photo_like  # noqa: E402
 
 FINAL = {"succeeded", "failed", "cancelled"}
 
 
-def start(port: int, state: Path, workers: int) -> subprocess.Popen[bytes]:
+def start(port: int, state: Path, workers: int, bench: BenchClient) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
     env.update({"PYTHONPATH": str(ROOT), "JOBPOOL_STATE_DIR": str(state),
-                "JOBPOOL_LOG_LEVEL": "warning", "JOBPOOL_PARCEL_LATENCY_MS": "5-55"})  # fmt: skip
+                "JOBPOOL_LOG_LEVEL": "warning", "JOBPOOL_PARCEL_LATENCY_MS": "5-55",
+                **bench.env})  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
          "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "service.asgi:app"],
@@ -67,6 +69,7 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=120, help="seconds to wait for the rest")
     args = ap.parse_args()
     base = f"http://127.0.0.1:{args.port}"
+    bench = BenchClient()
     image = photo_like(800, 600, "jpeg")
     accepted: dict[str, str] = {}  # job id -> kind
     batch_items: dict[str, list[dict[str, str]]] = {}
@@ -91,7 +94,7 @@ def main() -> None:
                 body = orjson.dumps({"Data": items})
                 headers = {"Content-Type": "application/json"}
             try:
-                r = http.request("POST", base + path, body=body, headers=headers)
+                r = http.request("POST", base + path, body=body, headers=headers | bench.headers)
             except urllib3.exceptions.HTTPError:
                 with lock:
                     outcomes["unanswered"] += 1
@@ -108,7 +111,7 @@ def main() -> None:
                 time.sleep(0.05)
 
     with tempfile.TemporaryDirectory(prefix="jobpool-chaos-") as tmp:
-        proc = start(args.port, Path(tmp), args.workers)
+        proc = start(args.port, Path(tmp), args.workers, bench)
         try:
             threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
             for t in threads:
@@ -125,7 +128,8 @@ def main() -> None:
                 t.join()
             # Settle: every accepted job must reach a final state.
             http = urllib3.PoolManager(retries=urllib3.Retry(total=10, backoff_factor=0.2),
-                                       timeout=urllib3.Timeout(connect=5, read=30))  # fmt: skip
+                                       timeout=urllib3.Timeout(connect=5, read=30),
+                                       headers=bench.headers)  # fmt: skip
             states: dict[str, dict[str, object]] = {}
             deadline = time.monotonic() + args.settle
             pending = set(accepted)

@@ -29,6 +29,7 @@ import urllib3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.client import BenchClient  # noqa: E402
 from service.tasks.images import process_image  # noqa: E402
 from tests.imagegen import photo_like  # noqa: E402
 
@@ -36,6 +37,7 @@ SIZES = [(1632, 1224), (2048, 1536), (2304, 1728)]  # 2.0, 3.1, 4.0 megapixels
 QUERY = "op=resize&width=2400&height=1800&format=jpeg&quality=85"
 REQUEST = {"op": "resize", "width": 2400, "height": 1800, "format": "jpeg", "quality": 85}
 MAX_PIXELS = 50_000_000
+BENCH = BenchClient()  # this run's API key
 
 
 def images() -> list[bytes]:
@@ -56,7 +58,7 @@ def start_server(port: int, state: Path, vcpus: int) -> subprocess.Popen[bytes]:
     env.update({
         "PYTHONPATH": str(ROOT), "JOBPOOL_STATE_DIR": str(state), "JOBPOOL_LOG_LEVEL": "warning",
         "JOBPOOL_CPU_WORKERS": str(vcpus), "JOBPOOL_WORKERS": str(vcpus),
-        "JOBPOOL_IMAGE_BODY_MAX": str(8 << 20),
+        "JOBPOOL_IMAGE_BODY_MAX": str(8 << 20), **BENCH.env,
     })  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
@@ -110,7 +112,7 @@ def through_jobpool(
         while not stop.is_set():
             r = http.request(
                 "POST", f"{url}/v1/images?{QUERY}", body=data[n % len(data)],
-                headers={"Content-Type": "image/jpeg", "Prefer": "wait=60"},
+                headers={"Content-Type": "image/jpeg", "Prefer": "wait=60", **BENCH.headers},
             )  # fmt: skip
             n += 1
             if r.status == 200 and counted.is_set():

@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 import urllib3
 
-from service.keys import entry_for, new_key
+from bench.client import BenchClient
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("seed_batch.lua")
@@ -194,17 +194,12 @@ def main() -> None:
     if args.redis:
         servers.append(("jp-redis", "service.asgi:app"))
     results: dict[str, list[Result]] = {name: [] for name, _ in servers}
-    key = new_key()
-    jobpool_env = {
-        # One client sends everything here: limits on, but never reached.
-        "JOBPOOL_CLIENT_RATE": "1000000",
-        "JOBPOOL_CLIENT_MAX_INFLIGHT": "1000000",
-    }
+    bench = BenchClient()
     with tempfile.TemporaryDirectory(prefix="jobpool-bench-") as tmp:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
         base_env["PYTHONPATH"] = str(ROOT)
         base_env["JOBPOOL_LOG_LEVEL"] = "warning"
-        base_env["JOBPOOL_API_KEYS"] = entry_for("bench", key)  # gunicorn.conf.py wants keys
+        base_env.update(bench.env)  # the floor too: gunicorn.conf.py wants keys
         redis: tuple[subprocess.Popen[bytes], int] | None = None
         if args.redis:
             redis = start_redis(Path(tmp))
@@ -214,7 +209,6 @@ def main() -> None:
                     env = dict(base_env, JOBPOOL_STATE_DIR=str(Path(tmp) / f"{name}-{r}"))
                     extra: tuple[int, ...] = ()
                     if name != "floor":
-                        env.update(jobpool_env)
                         env.update(kv.split("=", 1) for kv in args.jobpool_env)
                     if name == "jp-redis" and redis is not None:
                         redis_command(redis[1], "FLUSHALL")
@@ -222,7 +216,7 @@ def main() -> None:
                         extra = (redis[0].pid,)
                     proc = start(app, args.port, env, args.workers)
                     try:
-                        results[name].append(drive(name, proc, args.port, args, key, extra))
+                        results[name].append(drive(name, proc, args.port, args, bench.key, extra))
                     finally:
                         stop(proc)
         finally:
