@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import urllib3
 
+from tests.clients import ALICE, bearer
 from tests.conftest import SEED_BATCH
 from tests.server import Server
 
@@ -157,7 +158,7 @@ def test_overload_refuses_fast_and_loses_nothing(server_factory: Callable[..., S
         while not stop.is_set():
             r = http.request(
                 "POST", srv.url("/test/jobs/test.cpu_spin"), body=b'{"seconds": 0.2}',
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **bearer(ALICE)},
             )  # fmt: skip
             with lock:
                 statuses[r.status] += 1
