@@ -113,7 +113,20 @@ IDS = st.one_of(
     st.sampled_from(["0" * 26, "z" * 26, "1", "%00", "%ff", "..", "%2e%2e"]),
 )
 PATHS = st.one_of(
-    st.sampled_from(["/v1/parcels", "/healthz", "/readyz", "/", "/v1/jobs", "/v1", "/v1/parcels/"]),
+    st.sampled_from(
+        [
+            "/v1/parcels",
+            "/healthz",
+            "/readyz",
+            "/",
+            "/v1/jobs",
+            "/v1",
+            "/v1/parcels/",
+            "/v1/fetch",
+            "/v1/images",
+            "/v1/search",
+        ]
+    ),
     IDS.map("/v1/jobs/{}".format),
     IDS.map("/v1/jobs/{}/result".format),
     IDS.map("/v1/parcels/{}".format),
@@ -147,6 +160,87 @@ def near_valid_submits(draw: st.DrawFn) -> dict[str, Any]:
     return {"method": "POST", "path": "/v1/parcels", "headers": headers, "body": body}
 
 
+URLS = st.one_of(
+    st.text(max_size=60),
+    st.builds(
+        "{}://{}{}".format,
+        st.sampled_from(["http", "https", "ftp", ""]),
+        st.sampled_from(
+            ["127.0.0.1", "[::1]", "169.254.169.254", "0x7f.1", "a.invalid", "localhost", "x"]
+        )
+        | st.text(TARGET_CHARS, max_size=20),
+        st.text(QUERY_CHARS, max_size=20),
+    ),
+)
+IMAGE_QUERIES = st.lists(
+    st.tuples(
+        st.sampled_from(["op", "width", "height", "format", "quality", "angle", "box", "x"]),
+        st.sampled_from(
+            [
+                "thumbnail",
+                "resize",
+                "crop",
+                "rotate",
+                "grayscale",
+                "png",
+                "jpeg",
+                "0",
+                "-1",
+                "99999",
+                "1.5",
+                "",
+            ]
+        )
+        | st.text(TARGET_CHARS, max_size=6),
+    ),
+    max_size=6,
+).map(lambda kv: "&".join(f"{k}={v}" for k, v in kv))
+
+
+@st.composite
+def near_valid_workloads(draw: st.DrawFn) -> dict[str, Any]:
+    """POST /v1/fetch, POST /v1/images and GET /v1/search as alice, nearly right."""
+    headers: dict[str, str] = {"Authorization": f"Bearer {ALICE}"}
+    which = draw(st.sampled_from(["fetch", "images", "search"]))
+    if which == "fetch":
+        headers["Content-Type"] = "application/json"
+        body = draw(
+            st.fixed_dictionaries(
+                {"url": URLS | JSON},
+                optional={"method": st.sampled_from(["GET", "HEAD", "POST"]) | JSON, "x": JSON},
+            )
+        )
+        return {
+            "method": "POST",
+            "path": "/v1/fetch",
+            "headers": headers,
+            "body": orjson.dumps(body),
+        }
+    if which == "images":
+        headers["Content-Type"] = draw(
+            st.sampled_from(["image/png", "image/jpeg", "application/octet-stream", "image/"])
+        )
+        return {
+            "method": "POST",
+            "path": "/v1/images",
+            "headers": headers,
+            "query_string": draw(IMAGE_QUERIES) or None,
+            "body": draw(BODIES),
+        }
+    query = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["q", "limit", "x"]), st.text(TARGET_CHARS, max_size=30)),
+            max_size=4,
+        )
+    )
+    return {
+        "method": "GET",
+        "path": "/v1/search",
+        "headers": headers,
+        "query_string": "&".join(f"{k}={v}" for k, v in query) or None,
+    }
+
+
 @st.composite
 def any_requests(draw: st.DrawFn) -> dict[str, Any]:
     headers: dict[str, str] = draw(EXTRA_HEADERS)
@@ -176,7 +270,15 @@ def any_requests(draw: st.DrawFn) -> dict[str, Any]:
 def test_no_request_gets_a_5xx(make_settings: Callable[..., Settings]) -> None:
     """Arbitrary methods, paths, queries, headers and bodies: always a 4xx or better."""
     settings = make_settings(
-        wait_max_s=1, client_rate=0, client_max_inflight=0, query_params_max=10, url_max=200
+        wait_max_s=1,
+        client_rate=0,
+        client_max_inflight=0,
+        query_params_max=10,
+        url_max=200,
+        fetch_connect_timeout_ms=300,
+        fetch_read_timeout_ms=300,
+        fetch_deadline_ms=1000,
+        graceful_timeout_s=5,
     )
     loop = asyncio.new_event_loop()
     conductor = testing.ASGIConductor(create_app(settings))
@@ -188,7 +290,7 @@ def test_no_request_gets_a_5xx(make_settings: Callable[..., Settings]) -> None:
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
-    @given(request=st.one_of(any_requests(), near_valid_submits()))
+    @given(request=st.one_of(any_requests(), near_valid_submits(), near_valid_workloads()))
     def answer(request: dict[str, Any]) -> None:
         result = loop.run_until_complete(conductor.simulate_request(**request))
         seen.add(result.status_code)
