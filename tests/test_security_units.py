@@ -220,6 +220,31 @@ def test_two_workers_share_one_bucket_and_one_cap(tmp_path: Path) -> None:
     one.close()
 
 
+def test_leased_tokens_never_admit_more_than_the_bucket(tmp_path: Path) -> None:
+    """With leases (rate 1000/s, burst 100), two workers together admit exactly the burst."""
+    clock = Clock()
+    one = limits(tmp_path, clock, rate=1000.0, burst=100)
+    two = limits(tmp_path, clock, rate=1000.0, burst=100)
+    assert one.lease_max > 1
+    admitted, refused = 0, {1: False, 2: False}
+    while not all(refused.values()):
+        for n, h in ((1, one), (2, two)):
+            try:
+                h.take("alice")
+            except RateLimited:
+                refused[n] = True
+            else:
+                admitted += 1
+    assert admitted == 100
+    clock.now += 0.0105  # 10.5 tokens later: 10 more, whichever worker asks
+    for _ in range(10):
+        two.take("alice")
+    with pytest.raises(RateLimited):
+        two.take("alice")
+    one.close()
+    two.close()
+
+
 def test_zero_switches_each_limit_off(tmp_path: Path) -> None:
     """rate 0 and max_inflight 0: nothing is refused and no table is made."""
     h = limits(tmp_path, Clock(), rate=0.0, max_inflight=0)
