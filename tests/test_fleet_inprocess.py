@@ -15,6 +15,9 @@ from service.config import Settings, StoreUrl
 from service.jobs.redis_store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.state import JobState
+from service.keys import env_entries
+from service.limits import HostLimits
+from tests.clients import ALICE, API_KEYS, bearer
 from tests.conftest import SEED_BATCH
 from tests.extension import extend
 from tests.test_inprocess import final
@@ -36,10 +39,12 @@ async def hosts(
                 "io_threads": 2,
                 "janitor_interval_s": 1,
                 "lease_s": 2,
+                "api_keys": env_entries(API_KEYS),
             }
             base.update(overrides)
             app = create_app(Settings.from_env({}, **base), extend=extend)
-            apps.append(await stack.enter_async_context(testing.ASGIConductor(app)))
+            conductor = testing.ASGIConductor(app, headers=bearer(ALICE))
+            apps.append(await stack.enter_async_context(conductor))
         yield apps
 
 
@@ -181,3 +186,43 @@ async def test_a_job_a_crash_cut_off_runs_alone_on_the_host_that_takes_it(
         assert d.state is JobState.SUCCEEDED
         assert d.result["began"] >= s.result["ended"]  # nothing ran beside it
     await ghost.close()
+
+
+def held(state_dir: Path, owner: str) -> int:
+    """Jobs of ``owner`` the host with ``state_dir`` counts in flight (its limits table)."""
+    limits = HostLimits(state_dir / "limits", rate=0, burst=1, max_inflight=1)
+    limits.open()
+    try:
+        return limits.inflight(owner)
+    finally:
+        limits.close()
+
+
+async def test_a_job_counts_in_flight_on_the_host_that_holds_it(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A job queued in the fleet counts where it is taken, and stops counting when it ends."""
+    gate = tmp_path / "gate"
+    async with hosts(tmp_path, redis_url, "a", "b", io_threads=1) as (a, b):
+        try:
+            first = await a.simulate_post("/test/jobs/test.wait_for", json={"path": str(gate)})
+            second = await a.simulate_post("/test/jobs/test.wait_for", json={"path": str(gate)})
+            assert (first.json["state"], second.json["state"]) == ("running", "queued")
+            for _ in range(200):  # b has a free thread: it takes the queued one
+                doc = (await b.simulate_get(f"/v1/jobs/{second.json['job']}")).json
+                if doc["state"] == "running":
+                    break
+                await asyncio.sleep(0.02)
+            assert doc["state"] == "running"
+            assert (held(tmp_path / "a", "alice"), held(tmp_path / "b", "alice")) == (1, 1)
+            gate.touch()
+            for job in (first.json["job"], second.json["job"]):
+                assert (await final(a, job))["state"] == "succeeded"
+            for _ in range(200):
+                counts = (held(tmp_path / "a", "alice"), held(tmp_path / "b", "alice"))
+                if counts == (0, 0):
+                    break
+                await asyncio.sleep(0.02)
+            assert counts == (0, 0)
+        finally:
+            gate.touch()  # a failed check must not leave the jobs waiting forever

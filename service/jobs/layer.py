@@ -74,7 +74,12 @@ def split(items: list[Any], parts: int) -> list[list[tuple[int, Any]]]:
 
 
 class Quota(Protocol):
-    """Jobs in flight per owner (a cap may refuse one); see :class:`service.limits.HostLimits`."""
+    """Jobs in flight per owner (a cap may refuse one); see :class:`service.limits.HostLimits`.
+
+    A job counts on the worker that holds it: from its submit (or resume, or claim from a
+    shared queue) until it ends there. A job waiting in a fleet's shared queue is held by
+    no worker and counts nowhere.
+    """
 
     def acquire(self, owner: str) -> None:
         """Count a new job of ``owner``, or raise (a ServiceError) if it is over its cap."""
@@ -329,8 +334,10 @@ class JobLayer:
             lane.running -= 1
             record = record.replace(state=JobState.QUEUED, started_at=None, attempts=0)
         if self.store.shares_queue:
-            # It waits in the store (bounded there), where any worker with room takes it.
+            # It waits in the store (bounded there), where any worker with room takes it;
+            # it counts as in flight where it is taken (the quota counts held jobs).
             slots.release()
+            self.quota.release(owner)
             self._want_work(spec.pool)
         else:
             lane.waiting.append((record, slots))
@@ -469,6 +476,7 @@ class JobLayer:
                 got[pool] = got.get(pool, 0) + 1
                 slots = len(record.items) if record.items is not None else 1
                 self.admission[pool].force(slots)  # already accepted: never refused now
+                self.quota.force(record.owner)  # held here now, released when it ends
                 entry = (record, _Slots(self.admission[pool], slots))
                 if alone:
                     self._claimed.add(record.id)
