@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,15 @@ BAD_AUTHORIZATION = [
     (ALICE, None),
     ("Token abc", None),
 ]
+
+
+@pytest.fixture
+def gate(tmp_path: Path, server_factory: Callable[..., Server]) -> Iterator[Path]:
+    """A file test.wait_for jobs wait for; it appears at the end of the test at the latest
+    (before the servers stop, so that a failed check does not leave a job waiting)."""
+    path = tmp_path / "gate"
+    yield path
+    path.touch()
 
 
 def fresh(headers: dict[str, str] | None = None) -> dict[str, str]:
@@ -77,11 +86,10 @@ def test_api_routes_need_a_valid_key_and_health_routes_do_not(server: Server) ->
 
 
 def test_another_clients_jobs_and_parcels_are_404_on_every_route(
-    server_factory: Callable[..., Server], tmp_path: Path
+    server_factory: Callable[..., Server], gate: Path
 ) -> None:
     """Bob gets the unknown-id 404 for each of alice's jobs and parcels, and changes nothing."""
     srv = server_factory(workers=1, env={"JOBPOOL_IO_THREADS": "1"})
-    gate = tmp_path / "gate"
     parcels = srv.post("/v1/parcels", json=SEED_BATCH).json()["job"]
     assert srv.wait_final(parcels)["state"] == "succeeded"
     running = srv.post("/test/jobs/test.wait_for", json={"path": str(gate)}).json()["job"]
@@ -125,13 +133,12 @@ def test_another_clients_jobs_and_parcels_are_404_on_every_route(
 
 
 def test_a_client_at_its_job_cap_gets_429_on_every_worker_while_another_is_served(
-    server_factory: Callable[..., Server], tmp_path: Path
+    server_factory: Callable[..., Server], gate: Path
 ) -> None:
     """JOBPOOL_CLIENT_MAX_INFLIGHT counts alice's jobs over both workers; bob is not held up."""
     srv = server_factory(
         env={"JOBPOOL_CLIENT_MAX_INFLIGHT": "3", "JOBPOOL_CLIENT_RATE": "0"}, workers=2
     )
-    gate = tmp_path / "gate"
     accepted: dict[str, list[str]] = {}  # worker pid -> alice's jobs it took
     refused_by: set[str] = set()
     for _ in range(60):
