@@ -17,10 +17,11 @@ from service.api.fetch import FetchResource
 from service.api.health import Healthz, Readyz
 from service.api.images import ImagesResource
 from service.api.jobs import JobResource, JobResultResource
-from service.api.middleware import Lifecycle, RequestId
+from service.api.metrics import MetricsResource
+from service.api.middleware import Lifecycle, RequestId, Telemetry
 from service.api.parcels import ParcelResource, ParcelsResource
 from service.api.search import SearchResource
-from service.config import Settings
+from service.config import Settings, port_of
 from service.errors import ShuttingDown
 from service.jobs.cpu_pool import CpuPool
 from service.jobs.io_pool import IoPool
@@ -30,6 +31,7 @@ from service.jobs.registry import POOLS, Registry, registry
 from service.jobs.sqlite_store import SqliteStore
 from service.jobs.store import Store
 from service.jobs.tokens import HostTokens
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Service:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         s = settings
+        self.metrics = Metrics() if s.metrics else None
         self.layer = JobLayer(
             registry=registry,
             store=make_store(s, registry),
@@ -90,7 +93,10 @@ class Service:
             admission_wait_s=s.admission_wait_ms / 1000,
             max_attempts=s.max_attempts,
             janitor_interval_s=s.janitor_interval_s,
+            events=self.metrics,
         )
+        if self.metrics is not None:
+            self.metrics.watch(self.layer.pool_stats)
         self._stopping: asyncio.Future[None] | None = None
 
     def _cpu_pool(self, slot: int) -> CpuPool:
@@ -102,16 +108,24 @@ class Service:
             nice=s.cpu_nice,
             tokens=HostTokens(s.state_dir / "cpu-tokens", s.cpu_workers),
             preload=CPU_PRELOAD,
+            log_level=s.log_level,
         )
 
     async def start(self) -> None:
         await self.layer.start()
+        if self.metrics is not None:
+            await self.metrics.start()
 
     def begin_stop(self) -> None:
         """Start draining now (SIGTERM); the lifespan shutdown awaits the same drain."""
         if self._stopping is None:
             drain = max(1.0, self.settings.graceful_timeout_s - DRAIN_MARGIN_S)
-            self._stopping = asyncio.ensure_future(self.layer.close(drain_s=drain))
+            self._stopping = asyncio.ensure_future(self._drain(drain))
+
+    async def _drain(self, drain_s: float) -> None:
+        await self.layer.close(drain_s=drain_s)
+        if self.metrics is not None:
+            await self.metrics.stop()  # the last counts of the drain, before the exit
 
     async def stop(self) -> None:
         self.begin_stop()
@@ -148,7 +162,12 @@ def create_app(
     service = Service(settings, jobs)
     signals.on_terminate(service.begin_stop)
     layer = service.layer
-    middleware: list[Any] = [RequestId(), Lifecycle(service.start, service.stop)]
+    metrics_port = port_of(settings.metrics_bind) if settings.metrics_bind else None
+    middleware: list[Any] = [
+        Telemetry(service.metrics, metrics_port=metrics_port),
+        RequestId(),
+        Lifecycle(service.start, service.stop),
+    ]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     problems.install(app, drain_max=settings.drain_max)
@@ -163,6 +182,8 @@ def create_app(
     app.add_route("/v1/search", SearchResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}", JobResource(layer, wait_max_s=settings.wait_max_s))
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
+    if service.metrics is not None:
+        app.add_route("/metrics", MetricsResource(service.metrics))
     if extend is not None:
         extend(app, layer, settings)
     return app
