@@ -89,7 +89,7 @@ def test_counts_add_up_across_workers(server_factory: Callable[..., Server]) -> 
         for _ in range(4)
     ]
     too_big = {"Data": [dict(SEED_BATCH["Data"][0], id=str(i)) for i in range(25)]}
-    assert srv.post("/v1/parcels", json=too_big, headers=close).status == 503
+    assert srv.post("/v1/parcels", json=too_big, headers=close).status == 422
     for job_id in failing:
         assert srv.wait_final(job_id)["state"] == "failed"
 
@@ -101,8 +101,7 @@ def test_counts_add_up_across_workers(server_factory: Callable[..., Server]) -> 
     s = wait_for_metrics(lambda: srv.get("/metrics").data.decode(), settled)
     requests = "jobpool_http_requests_total"
     assert value(s, requests, route="/v1/parcels", method="POST", status="202") == batches
-    assert value(s, requests, route="/v1/parcels", method="POST", status="422") == 1
-    assert value(s, requests, route="/v1/parcels", method="POST", status="503") == 1
+    assert value(s, requests, route="/v1/parcels", method="POST", status="422") == 2
     assert value(s, requests, route="unmatched", method="GET", status="404") == 3
     assert value(s, requests, route="/test/jobs/{name}", method="POST", status="202") == 4
     # The same requests, one per access-log line, whichever worker wrote it.

@@ -15,7 +15,7 @@ from service.jobs.state import JobState
 
 #: Why a job was refused before it was stored (the ``reason`` of a rejection).
 OVERLOADED = "overloaded"  # its pool has no free admission slot (503)
-TOO_LARGE = "too_large"  # more tasks than its pool can ever hold (503)
+TOO_LARGE = "too_large"  # more tasks than its pool can ever hold (422)
 SHUTTING_DOWN = "shutting_down"  # the worker is draining (503)
 STORE_UNAVAILABLE = "store_unavailable"  # the store refused the write (503)
 REASONS = (OVERLOADED, TOO_LARGE, SHUTTING_DOWN, STORE_UNAVAILABLE)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service.errors import Overloaded, ShuttingDown, StoreUnavailable
+from service.errors import Overloaded, ShuttingDown, StoreUnavailable, TooManyTasks
 from service.ids import new_id
 from service.jobs import events as ev
 from service.jobs.admission import Admission
@@ -267,9 +267,11 @@ class JobLayer:
         admission = self.admission[spec.pool]
         try:
             await admission.acquire(count)
+        except TooManyTasks:
+            self.events.rejected(spec.name, ev.TOO_LARGE)
+            raise
         except Overloaded:
-            too_large = count > admission.capacity
-            self.events.rejected(spec.name, ev.TOO_LARGE if too_large else ev.OVERLOADED)
+            self.events.rejected(spec.name, ev.OVERLOADED)
             raise
         slots = _Slots(admission, count)
         lane = self._lanes[spec.pool]
