@@ -19,6 +19,7 @@ from service.api.images import ImagesResource
 from service.api.jobs import JobResource, JobResultResource
 from service.api.metrics import MetricsResource
 from service.api.middleware import Lifecycle, RequestId, Telemetry
+from service.api.openapi import OpenApiResource, document
 from service.api.parcels import ParcelResource, ParcelsResource
 from service.api.search import SearchResource
 from service.config import Settings, port_of
@@ -184,6 +185,7 @@ def create_app(
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
     if service.metrics is not None:
         app.add_route("/metrics", MetricsResource(service.metrics))
+    app.add_route("/openapi.json", OpenApiResource(document(settings)))
     if extend is not None:
         extend(app, layer, settings)
     return app
