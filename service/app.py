@@ -165,8 +165,8 @@ def create_app(
     layer = service.layer
     metrics_port = port_of(settings.metrics_bind) if settings.metrics_bind else None
     middleware: list[Any] = [
-        Telemetry(service.metrics, metrics_port=metrics_port),
         RequestId(),
+        Telemetry(service.metrics, metrics_port=metrics_port),
         Lifecycle(service.start, service.stop),
     ]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)

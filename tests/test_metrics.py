@@ -247,3 +247,14 @@ def test_metrics_bind_needs_its_own_port(bind: str) -> None:
 
     with pytest.raises(ConfigError, match="JOBPOOL_METRICS_BIND"):
         Settings.from_env({"JOBPOOL_BIND": "127.0.0.1:8000", "JOBPOOL_METRICS_BIND": bind})
+
+
+def test_metrics_port_refusals_still_carry_a_request_id(
+    server_factory: Callable[..., Server],
+) -> None:
+    """The 404 for /metrics on the API port is a documented answer: it has X-Request-ID."""
+    srv = server_factory(env={"JOBPOOL_METRICS_BIND": f"127.0.0.1:{free_port()}"})
+    r = srv.get("/metrics", headers={"X-Request-ID": "scrape-1"})
+    assert r.status == 404
+    assert r.headers["X-Request-ID"] == "scrape-1"
+    assert r.headers["Content-Type"] == "application/problem+json"

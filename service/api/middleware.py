@@ -26,9 +26,11 @@ _ACCESS_FILE = __file__
 class Telemetry:
     """Times each request, counts it in the metrics and writes its access-log line.
 
-    First in the middleware list, so it sees every request, even one refused by a later
-    middleware. With ``metrics_port`` (``JOBPOOL_METRICS_BIND``) the listener on that
-    port answers ``/metrics`` alone, and the API's listener does not answer it.
+    Right after :class:`RequestId` (which never refuses a request), so it times every
+    request and its line has the request id, even when a later middleware refuses the
+    request (falcon runs every ``process_response``). With ``metrics_port``
+    (``JOBPOOL_METRICS_BIND``) the listener on that port answers ``/metrics`` alone, and
+    the API's listener does not answer it.
     """
 
     def __init__(
