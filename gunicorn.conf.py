@@ -49,7 +49,9 @@ if problem := _state_dir_problem(settings.state_dir):
     sys.exit(2)
 
 wsgi_app = "service.asgi:app"
-bind = [settings.bind]
+# JOBPOOL_METRICS_BIND: a second listener that serves /metrics alone (service/api/middleware.py).
+metrics_bind = [settings.metrics_bind] if settings.metrics and settings.metrics_bind else []
+bind = [settings.bind, *metrics_bind]
 workers = settings.workers
 # gunicorn's own asyncio worker runs the falcon.asgi.App: measured here ~2x the requests/s
 # of gthread on the seed batch. The event loop only parses, validates and dispatches.
@@ -99,15 +101,19 @@ if settings.metrics:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
 
+def _keep_metrics_bind(server):
+    # --bind on the command line replaces `bind` above, metrics listener included.
+    if metrics_bind and metrics_bind[0] not in server.cfg.bind:
+        server.cfg.set("bind", [*server.cfg.bind, *metrics_bind])
+
+
 def on_starting(server):
-    """Empty the metrics files of an earlier run, and add the metrics listener to the binds
-    (here, so that ``--bind`` on the command line does not drop it)."""
+    """Empty the metrics files of an earlier run; keep the metrics listener."""
     if settings.metrics:
         metrics_dir.mkdir(parents=True, exist_ok=True)
         for old in metrics_dir.glob("*.db"):
             old.unlink(missing_ok=True)
-        if settings.metrics_bind and settings.metrics_bind not in server.cfg.bind:
-            server.cfg.set("bind", [*server.cfg.bind, settings.metrics_bind])
+    _keep_metrics_bind(server)
 
 
 def child_exit(server, worker):

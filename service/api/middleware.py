@@ -12,7 +12,7 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from service.logs import ACCESS_LOGGER
+from service.logs import ACCESS_LOGGER, LightRecord
 from service.metrics import METHODS, UNMATCHED, Metrics
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:=;/+-]{1,200}")
@@ -20,7 +20,6 @@ ANONYMOUS = "anonymous"
 
 
 access_log = logging.getLogger(ACCESS_LOGGER)
-_ACCESS_FILE = __file__
 
 
 class Telemetry:
@@ -67,10 +66,9 @@ class Telemetry:
         if self.metrics is not None:
             self.metrics.request(route, method, status, seconds)
         if access_log.isEnabledFor(logging.INFO):
-            record = access_log.makeRecord(
-                ACCESS_LOGGER, logging.INFO, _ACCESS_FILE, 0, "%s %s %d",
-                (req.method, req.path, status), None,
-                extra={
+            record = LightRecord(
+                ACCESS_LOGGER, logging.INFO, "%s %s %d", (req.method, req.path, status),
+                {
                     "route": route,
                     "method": req.method,
                     "path": req.path,
