@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,8 +18,16 @@ from service.api.openapi import document
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import SEED_BATCH
+from tests.imagegen import encode, not_an_image, photo_image
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+JSON = "application/json"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wired_routes(app: falcon.asgi.App[Any, Any]) -> set[tuple[str, str]]:
@@ -102,7 +111,8 @@ def schema_for(doc: dict[str, Any], path: str, method: str, status: int, ctype: 
 
 
 def check(doc: dict[str, Any], path: str, method: str, result: testing.Result) -> None:
-    """The answer's status is documented, with its headers, and its body fits the schema."""
+    """The answer's status is documented, with its headers, its content type is one the
+    answer lists, and a JSON body fits the schema."""
     status = result.status_code
     answer = doc["paths"][path][method]["responses"].get(str(status))
     assert answer is not None, f"{method} {path}: {status} is not documented"
@@ -111,6 +121,9 @@ def check(doc: dict[str, Any], path: str, method: str, result: testing.Result) -
         if header.get("required"):
             assert name.lower() in result.headers, (path, status, name)
     ctype = result.headers.get("content-type", "")
+    media = ctype.split(";")[0].strip()
+    listed = answer.get("content", {})
+    assert media in listed or "*/*" in listed or not listed, (path, status, media)
     if ctype.startswith(("application/json", "application/problem+json")):
         schema = schema_for(doc, path, method, status, ctype)
         jsonschema.validate(result.json, schema, cls=jsonschema.Draft202012Validator)
@@ -182,3 +195,50 @@ async def test_overload_answers_match_the_document(
         assert never.status_code == 422
         check(doc, "/v1/parcels", "post", never)
     assert doc["components"]["schemas"]["Batch"]["properties"]["Data"]["maxItems"] == 2
+
+
+async def test_fetch_images_and_search_answers_match_the_document(
+    conductor_for: Callable[..., testing.ASGIConductor],
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The other submit routes and the search, answers and errors, as documented."""
+    doc = document(make_settings(fetch_allow_private=True))
+    async with conductor_for(fetch_allow_private=True) as client:
+        await tour_the_other_routes(doc, client)
+
+
+async def tour_the_other_routes(doc: dict[str, Any], client: testing.ASGIConductor) -> None:
+    post = client.simulate_post
+    fetch = "/v1/fetch"
+    check(doc, fetch, "post", await post(fetch, json={"url": "ftp://example.test/x"}))
+    check(doc, fetch, "post", await post(fetch, json={"url": "http://a.test/", "x": 1}))
+    check(doc, fetch, "post", await post(fetch, body=b"[", headers={"Content-Type": JSON}))
+    # Loopback (allowed here), a port where nothing listens: stored, then failed.
+    queued = await post(fetch, json={"url": f"http://127.0.0.1:{closed_port()}/"})
+    check(doc, fetch, "post", queued)
+    failed = await client.simulate_get(
+        f"/v1/jobs/{queued.json['job']}", headers={"Prefer": "wait=20"}
+    )
+    check(doc, "/v1/jobs/{job_id}", "get", failed)
+    assert failed.json["state"] == "failed"
+
+    images = "/v1/images"
+    png = encode(photo_image(40, 30), "PNG")
+    image = {"Content-Type": "image/png"}
+    done = await post(f"{images}?op=thumbnail&width=8&height=8", body=png,
+                      headers={**image, "Prefer": "wait=30"})  # fmt: skip
+    assert done.status_code == 200
+    assert done.headers["content-type"] == "image/png"
+    check(doc, images, "post", done)
+    check(doc, images, "post", await post(f"{images}?op=grayscale", body=png, headers=image))
+    check(doc, images, "post", await post(f"{images}?op=spin", body=png, headers=image))
+    check(doc, images, "post", await post(f"{images}?op=crop&left=0&top=0&width=99&height=9",
+                                          body=png, headers=image))  # fmt: skip
+    check(doc, images, "post",
+          await post(f"{images}?op=grayscale", body=not_an_image(), headers=image))  # fmt: skip
+    check(doc, images, "post", await post(f"{images}?op=grayscale", json={"a": 1}))
+
+    search = "/v1/search"
+    check(doc, search, "get", await client.simulate_get(search, params={"q": "jobs"}))
+    check(doc, search, "get", await client.simulate_get(search, params={"q": " "}))
+    check(doc, search, "get", await client.simulate_get(search, params={"q": "a", "limit": 0}))

@@ -140,6 +140,90 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 },
             },
         },
+        "Fetch": {
+            "description": "A URL to fetch on the io pool, behind the SSRF guard.",
+            "type": "object",
+            "required": ["url"],
+            "additionalProperties": False,
+            "properties": {
+                "url": {
+                    "description": "http or https; private, loopback and metadata addresses "
+                    "are refused (422 at submit, or the job fails after DNS).",
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": settings.fetch_max_url_length,
+                },
+                "method": {"enum": ["GET", "HEAD"], "default": "GET"},
+            },
+        },
+        "Fetched": {
+            "description": "The result of a fetch job.",
+            "type": "object",
+            "additionalProperties": False,
+            "required": [
+                "url",
+                "method",
+                "status",
+                "address",
+                "headers",
+                "size",
+                "sha256",
+                "elapsed_ms",
+                "redirects",
+                "body_base64",
+                "body_truncated",
+            ],
+            "properties": {
+                "url": {"type": "string"},
+                "method": {"enum": ["GET", "HEAD"]},
+                "status": {"type": "integer"},
+                "address": {"type": "string"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "size": count,
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "elapsed_ms": count,
+                "redirects": {"type": "array", "items": {"type": "string"}},
+                "body_base64": {"type": ["string", "null"]},
+                "body_truncated": {"type": "boolean"},
+            },
+        },
+        "SearchAnswer": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["query", "items", "providers", "elapsed_ms"],
+            "properties": {
+                "query": {"type": "string"},
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "title", "url", "score", "provider"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "title": {"type": "string"},
+                            "url": {"type": "string"},
+                            "score": {"type": "number"},
+                            "provider": {"type": "string"},
+                        },
+                    },
+                },
+                "providers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "status", "elapsed_ms"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "status": {"enum": ["ok", "timeout", "error"]},
+                            "count": count,
+                            "elapsed_ms": {"type": ["integer", "null"]},
+                            "error": {"type": "string"},
+                        },
+                    },
+                },
+                "elapsed_ms": count,
+            },
+        },
         "Readiness": {
             "type": "object",
             "additionalProperties": False,
@@ -203,12 +287,31 @@ _JOB_LINKS = {
 }
 
 
-def _submit_answers(settings: Settings) -> dict[str, Any]:
+def _prefer(settings: Settings, what: str) -> dict[str, Any]:
+    return {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "description": f"``wait=N`` (RFC 7240): hold the answer up to N s (at most "
+        f"{settings.wait_max_s}, JOBPOOL_WAIT_MAX_S) for {what}.",
+        "schema": {"type": "string"},
+        "example": "wait=5",
+    }
+
+
+def _submit_answers(
+    *,
+    done: dict[str, Any],
+    body: str,
+    too_large: str,
+    invalid: str,
+) -> dict[str, Any]:
+    """The answers of a submit: ``done`` is the content of a finished job's 200."""
     return {
         "200": _answer(
             "With ``Prefer: wait=N``, the job ended within N s: its result if it succeeded, "
             "else its job document.",
-            _json({"oneOf": [_ref("BatchResult"), _ref("Job")]}),
+            done,
             {
                 "Location": {"$ref": "#/components/headers/Location"},
                 "Preference-Applied": {"schema": {"type": "string"}},
@@ -223,12 +326,9 @@ def _submit_answers(settings: Settings) -> dict[str, Any]:
             "links": _JOB_LINKS,
         },
         "400": _problem("The body is not valid JSON."),
-        "413": _problem(f"The body is over {settings.body_max} bytes (JOBPOOL_BODY_MAX)."),
-        "415": _problem("The body is not JSON."),
-        "422": _problem(
-            "The body is JSON but not a valid batch (``errors`` lists why), or it has more "
-            "items than the io pool can ever hold (JOBPOOL_IO_QUEUE_MAX)."
-        ),
+        "413": _problem(too_large),
+        "415": _problem(body),
+        "422": _problem(invalid),
         "503": _problem(
             "The pool is full or the worker is shutting down: retry after Retry-After.",
             _retry_after(),
@@ -236,26 +336,129 @@ def _submit_answers(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
+def _image_params(settings: Settings) -> list[dict[str, Any]]:
+    side = {"type": "integer", "minimum": 1, "maximum": settings.image_max_side}
+    coordinate = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+    return [
+        {
+            "name": "op",
+            "in": "query",
+            "required": True,
+            "description": "thumbnail, resize (width, height); crop (left, top, width, "
+            "height); rotate (degrees); grayscale. Parameters an op does not use are 422.",
+            "schema": {"enum": ["thumbnail", "resize", "crop", "rotate", "grayscale"]},
+        },
+        _query("width", side, f"pixels, at most {settings.image_max_side}"),
+        _query("height", side, f"pixels, at most {settings.image_max_side}"),
+        _query("left", coordinate),
+        _query("top", coordinate),
+        _query(
+            "degrees", {"type": "integer", "minimum": -360, "maximum": 360}, "counter-clockwise"
+        ),
+        _query(
+            "format",
+            {"enum": ["jpeg", "jpg", "png", "webp"]},
+            "output format; default: the input's when it is one of these, else png",
+        ),
+        _query("quality", {"type": "integer", "minimum": 1, "maximum": 100}, "jpeg, webp"),
+    ]
+
+
 def _paths(settings: Settings) -> dict[str, Any]:
     not_found = _problem("No such job, or not the caller's.")
+    body_max = f"The body is over {settings.body_max} bytes (JOBPOOL_BODY_MAX)."
+    binary = {"schema": {"type": "string", "format": "binary"}}
     paths: dict[str, Any] = {
         "/v1/parcels": {
             "post": {
                 "operationId": "submitParcels",
                 "summary": "Submit a batch of parcels: one job, one io task per item.",
+                "parameters": [_prefer(settings, "the job to end")],
+                "requestBody": {"required": True, "content": _json(_ref("Batch"))},
+                "responses": _submit_answers(
+                    done=_json({"oneOf": [_ref("BatchResult"), _ref("Job")]}),
+                    body="The body is not JSON.",
+                    too_large=body_max,
+                    invalid="The body is JSON but not a valid batch (``errors`` lists why), "
+                    "or it has more items than the io pool can ever hold "
+                    "(JOBPOOL_IO_QUEUE_MAX).",
+                ),
+            }
+        },
+        "/v1/fetch": {
+            "post": {
+                "operationId": "submitFetch",
+                "summary": "Fetch a URL on the io pool (timeouts, size cap, SSRF guard).",
+                "parameters": [_prefer(settings, "the job to end")],
+                "requestBody": {"required": True, "content": _json(_ref("Fetch"))},
+                "responses": _submit_answers(
+                    done=_json({"oneOf": [_ref("Fetched"), _ref("Job")]}),
+                    body="The body is not JSON.",
+                    too_large=body_max,
+                    invalid="Not a fetch request, or a URL refused without DNS (scheme, "
+                    "private or metadata address, length).",
+                ),
+            }
+        },
+        "/v1/images": {
+            "post": {
+                "operationId": "submitImage",
+                "summary": "Thumbnail, resize, crop, rotate or gray an image on the cpu pool.",
+                "parameters": [*_image_params(settings), _prefer(settings, "the image")],
+                "requestBody": {
+                    "required": True,
+                    "description": "The image itself (jpeg, png, webp, gif, bmp, tiff).",
+                    "content": {"image/*": binary, "application/octet-stream": binary},
+                },
+                "responses": _submit_answers(
+                    done={
+                        "image/jpeg": binary,
+                        "image/png": binary,
+                        "image/webp": binary,
+                        JSON: {"schema": _ref("Job")},
+                    },
+                    body="The body is not an image of an accepted format.",
+                    too_large=f"The image is over {settings.image_body_max} bytes "
+                    "(JOBPOOL_IMAGE_BODY_MAX).",
+                    invalid="A parameter is wrong or does not fit the image (``param`` "
+                    "names it), or the image has too many pixels.",
+                ),
+            }
+        },
+        "/v1/search": {
+            "get": {
+                "operationId": "search",
+                "summary": "Ask every configured provider in parallel; merge what answers "
+                "within the deadline. A slow or failing provider is reported, not fatal.",
                 "parameters": [
                     {
-                        "name": "Prefer",
-                        "in": "header",
-                        "required": False,
-                        "description": "``wait=N`` (RFC 7240): hold the answer up to N s "
-                        f"(at most {settings.wait_max_s}) for the job to end.",
-                        "schema": {"type": "string"},
-                        "example": "wait=5",
-                    }
+                        "name": "q",
+                        "in": "query",
+                        "required": True,
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": settings.search_query_max,
+                            "pattern": "\\S",
+                        },
+                    },
+                    _query(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}
+                    ),
                 ],
-                "requestBody": {"required": True, "content": _json(_ref("Batch"))},
-                "responses": _submit_answers(settings),
+                "responses": {
+                    "200": _answer("The merged answer.", _json(_ref("SearchAnswer"))),
+                    "422": _problem(
+                        "``q`` is missing or blank or too long, or ``limit`` is not 1 to 100."
+                    ),
+                },
             }
         },
         "/v1/parcels/{parcel_id}": {
@@ -279,10 +482,15 @@ def _paths(settings: Settings) -> dict[str, Any]:
         "/v1/jobs/{job_id}": {
             "get": {
                 "operationId": "getJob",
-                "summary": "A job's document.",
-                "parameters": [_job_id()],
+                "summary": "A job's document; with ``Prefer: wait=N`` once it ends, or after "
+                "N s. Any worker of any host answers for any job.",
+                "parameters": [_job_id(), _prefer(settings, "the job to end")],
                 "responses": {
-                    "200": _answer("The job.", _json(_ref("Job"))),
+                    "200": _answer(
+                        "The job.",
+                        _json(_ref("Job")),
+                        {"Preference-Applied": {"schema": {"type": "string"}}},
+                    ),
                     "404": not_found,
                 },
             },
