@@ -7,6 +7,9 @@ arguments and ``GUNICORN_CMD_ARGS`` still override what is set here.
 import os
 import sys
 
+from gunicorn.glogging import Logger
+
+from service import logs
 from service.config import Settings
 from service.errors import ConfigError
 from service.keys import Keyring
@@ -55,7 +58,9 @@ if problem := _state_dir_problem(settings.state_dir) or _keys_problem(settings):
     sys.exit(2)
 
 wsgi_app = "service.asgi:app"
-bind = [settings.bind]
+# JOBPOOL_METRICS_BIND: a second listener that serves /metrics alone (service/api/middleware.py).
+metrics_bind = [settings.metrics_bind] if settings.metrics and settings.metrics_bind else []
+bind = [settings.bind, *metrics_bind]
 workers = settings.workers
 # gunicorn's own asyncio worker runs the falcon.asgi.App: measured here ~2x the requests/s
 # of gthread on the seed batch. The event loop only parses, validates and dispatches.
@@ -75,9 +80,59 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # heartbeat 
 control_socket_disable = True
 loglevel = settings.log_level
 errorlog = "-"
+
+# One JSON object per line for gunicorn's own log too (service/logs.py). The access log is
+# the app's (route template, job id); gunicorn's stays off unless --access-logfile asks.
+logconfig_dict = logs.logconfig_dict(settings.log_level)
+accesslog = None
+
+
+class JsonLogger(Logger):
+    """gunicorn's logger, whose access log runs only when ``accesslog`` is set: gunicorn
+    turns it on whenever a ``logconfig_dict`` is given, and then builds its log atoms for
+    every request (~5% of the seed batch's CPU), to throw them away."""
+
+    @property
+    def access_log_enabled(self):
+        return self.cfg.accesslog is not None
+
+
+logger_class = JsonLogger
 limit_request_line = settings.request_line_max  # longer: 414 before the app sees it
 limit_request_fields = settings.header_count_max  # more: 431
 limit_request_field_size = settings.header_bytes_max  # longer: 431
+
+
+# Prometheus multiprocess mode (service/metrics.py): every worker writes its values to
+# files here, and /metrics on any worker reads them all. prometheus_client chooses its mode
+# when first imported, so this is set before any import of it (never import it above).
+metrics_dir = settings.state_dir / "metrics"
+if settings.metrics:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+
+def _keep_metrics_bind(server):
+    # --bind on the command line replaces `bind` above, metrics listener included.
+    if metrics_bind and metrics_bind[0] not in server.cfg.bind:
+        server.cfg.set("bind", [*server.cfg.bind, *metrics_bind])
+
+
+def on_starting(server):
+    """Empty the metrics files of an earlier run; keep the metrics listener."""
+    if settings.metrics:
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        for old in metrics_dir.glob("*.db"):
+            old.unlink(missing_ok=True)
+    _keep_metrics_bind(server)
+
+
+def child_exit(server, worker):
+    """A worker died or stopped: its gauges (queue depth, busy slots) no longer count; its
+    counters and histograms stay, so totals never go backwards."""
+    if settings.metrics:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, str(metrics_dir))
 
 
 def post_fork(server, worker):

@@ -17,10 +17,12 @@ from service.api.fetch import FetchResource
 from service.api.health import Healthz, Readyz
 from service.api.images import ImagesResource
 from service.api.jobs import JobResource, JobResultResource
-from service.api.middleware import Lifecycle, RequestId
+from service.api.metrics import MetricsResource
+from service.api.middleware import Lifecycle, RequestId, Telemetry
+from service.api.openapi import OpenApiResource, document
 from service.api.parcels import ParcelResource, ParcelsResource
 from service.api.search import SearchResource
-from service.config import Settings
+from service.config import Settings, port_of
 from service.errors import ShuttingDown
 from service.jobs.cpu_pool import CpuPool
 from service.jobs.io_pool import IoPool
@@ -32,6 +34,7 @@ from service.jobs.store import Store
 from service.jobs.tokens import HostTokens
 from service.keys import Keyring
 from service.limits import HostLimits
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class Service:
             burst=s.client_burst,
             max_inflight=s.client_max_inflight,
         )
+        self.metrics = Metrics() if s.metrics else None
         self.layer = JobLayer(
             registry=registry,
             store=make_store(s, registry),
@@ -99,7 +103,10 @@ class Service:
             max_attempts=s.max_attempts,
             janitor_interval_s=s.janitor_interval_s,
             quota=self.limits,
+            events=self.metrics,
         )
+        if self.metrics is not None:
+            self.metrics.watch(self.layer.pool_stats)
         self._stopping: asyncio.Future[None] | None = None
 
     def _cpu_pool(self, slot: int) -> CpuPool:
@@ -111,17 +118,25 @@ class Service:
             nice=s.cpu_nice,
             tokens=HostTokens(s.state_dir / "cpu-tokens", s.cpu_workers),
             preload=CPU_PRELOAD,
+            log_level=s.log_level,
         )
 
     async def start(self) -> None:
         self.limits.open()  # before the layer resumes (and counts) unfinished jobs
         await self.layer.start()
+        if self.metrics is not None:
+            await self.metrics.start()
 
     def begin_stop(self) -> None:
         """Start draining now (SIGTERM); the lifespan shutdown awaits the same drain."""
         if self._stopping is None:
             drain = max(1.0, self.settings.graceful_timeout_s - DRAIN_MARGIN_S)
-            self._stopping = asyncio.ensure_future(self.layer.close(drain_s=drain))
+            self._stopping = asyncio.ensure_future(self._drain(drain))
+
+    async def _drain(self, drain_s: float) -> None:
+        await self.layer.close(drain_s=drain_s)
+        if self.metrics is not None:
+            await self.metrics.stop()  # the last counts of the drain, before the exit
 
     async def stop(self) -> None:
         self.begin_stop()
@@ -160,8 +175,11 @@ def create_app(
     signals.on_terminate(service.begin_stop)
     layer = service.layer
     keyring = Keyring.from_settings(settings)
+    metrics_port = port_of(settings.metrics_bind) if settings.metrics_bind else None
     middleware: list[Any] = [
         RequestId(),
+        # Outside the security middleware: refused requests (401, 429) are timed and logged.
+        Telemetry(service.metrics, metrics_port=metrics_port),
         *security.middleware(settings, keyring, service.limits),
         Lifecycle(service.start, service.stop),
     ]
@@ -179,6 +197,9 @@ def create_app(
     app.add_route("/v1/search", SearchResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}", JobResource(layer, wait_max_s=settings.wait_max_s))
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
+    if service.metrics is not None:
+        app.add_route("/metrics", MetricsResource(service.metrics))
+    app.add_route("/openapi.json", OpenApiResource(document(settings)))
     if extend is not None:
         extend(app, layer, settings)
     return app

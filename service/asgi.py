@@ -1,13 +1,10 @@
 """What gunicorn loads: ``service.asgi:app``."""
 
-import logging
-
+from service import logs
 from service.app import create_app
 from service.config import Settings
 
 settings = Settings.from_env()
-logging.basicConfig(
-    level=settings.log_level.upper(),
-    format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-)
+# gunicorn.conf.py has set up JSON logs already; this covers any other ASGI server.
+logs.configure(settings.log_level)
 app = create_app(settings)

@@ -91,6 +91,13 @@ def _bind(raw: str) -> str:
     return raw
 
 
+def _optional_bind(raw: str) -> str | None:
+    """``""``/``off`` → None; else HOST:PORT."""
+    if raw.strip().lower() in {"", "off"}:
+        return None
+    return _bind(raw.strip())
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().lower()
     if level not in {"debug", "info", "warning", "error", "critical"}:
@@ -169,6 +176,11 @@ def _store_url(raw: str) -> StoreUrl:
     return StoreUrl("rediss" if scheme == "rediss" else "redis", text)
 
 
+def port_of(bind: str) -> int:
+    """The port of a HOST:PORT address."""
+    return int(bind.rpartition(":")[2])
+
+
 def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -241,6 +253,12 @@ class Settings:
         "PARCEL_LATENCY_MS", None, _range_ms, "simulated storage latency per parcel, e.g. 5-55"
     )
     log_level: str = _setting("LOG_LEVEL", "info", _log_level, "debug, info, warning, error")
+    metrics: bool = _setting(
+        "METRICS", True, _bool, "Prometheus metrics, aggregated over the workers: on or off"
+    )
+    metrics_bind: str | None = _setting(
+        "METRICS_BIND", None, _optional_bind, "HOST:PORT of a listener for /metrics alone"
+    )
     janitor_interval_s: int = _setting(
         "JANITOR_INTERVAL_S", 5, _int(1, 3600), "how often expired jobs and orphans are handled"
     )
@@ -344,6 +362,11 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        if self.metrics_bind is not None and port_of(self.metrics_bind) == port_of(self.bind):
+            raise ConfigError(
+                f"{PREFIX}METRICS_BIND: {self.metrics_bind} has the port of {PREFIX}BIND"
+                f" ({self.bind}); /metrics needs a listener of its own"
+            )
         if self.workers == 0:
             object.__setattr__(self, "workers", vcpus())
         if self.cpu_workers == 0:

@@ -35,6 +35,12 @@ class Invalid(ServiceError, ValueError):
     title = "Invalid request"
 
 
+class TooManyTasks(Invalid):
+    """A job has more tasks than its pool can ever hold: retrying cannot help (not a 503)."""
+
+    title = "Too many tasks"
+
+
 class TooLarge(ServiceError, ValueError):
     """The request body is over its limit."""
 

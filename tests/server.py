@@ -21,6 +21,7 @@ from tests.clients import ALICE, API_KEYS, bearer
 ROOT = Path(__file__).resolve().parent.parent
 START_DEADLINE_S = 30.0
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+BOOTED = re.compile(r'"msg":"ASGI server listening on [^"]*","pid":(\d+)')
 
 
 class Response:
@@ -113,8 +114,11 @@ class Server:
             return False
         # Every worker must have booted, or early requests race their start-up.
         expected = self.expect_workers or self.workers or 1
-        booted = self.log_since_start().count("ASGI server listening")
-        return ok and len(self.worker_pids()) >= expected and booted >= expected
+        return ok and len(self.worker_pids()) >= expected and self.booted() >= expected
+
+    def booted(self) -> int:
+        """Workers of this start that said they listen (once per listener: counted by pid)."""
+        return len(set(BOOTED.findall(self.log_since_start())))
 
     def log_since_start(self) -> str:
         with open(self.log_path, "rb") as f:

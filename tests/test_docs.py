@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from service.config import Settings
+from service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -34,3 +35,19 @@ def test_every_setting_is_in_the_readme() -> None:
     """Each JOBPOOL_ variable of Settings has a row in the README's settings table."""
     missing = [name for name, _, _ in Settings.documented() if f"| `{name}` |" not in README]
     assert missing == []
+
+
+def test_every_metric_is_in_the_readme() -> None:
+    """Each metric the service exports has a row in the README's metrics table."""
+    text = Metrics().exposition().decode()
+    names = re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE)
+    assert names
+    missing = [name for name in names if f"| `{name.removesuffix('_total')}" not in README]
+    assert missing == []
+
+
+def test_readme_points_to_each_operations_topic() -> None:
+    """The README leads to the metrics, the log format, the OpenAPI document and deploy/."""
+    for needle in ("### Metrics", "### Logs", "GET /openapi.json", "deploy/README.md",
+                   "JOBPOOL_METRICS_BIND", ".ci/api-contract"):  # fmt: skip
+        assert needle in README, needle

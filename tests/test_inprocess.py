@@ -159,8 +159,11 @@ async def test_full_pool_answers_503_with_retry_after(
         assert r.headers["retry-after"] == "1"
         assert r.headers["content-type"] == "application/problem+json"
         assert "io pool is full" in r.json["detail"]
+        small = await c.simulate_post("/v1/parcels", json={"Data": SEED_BATCH["Data"][:2]})
+        assert small.status_code == 503
         big = await c.simulate_post("/v1/parcels", json=SEED_BATCH)
-        assert big.status_code == 503
+        assert big.status_code == 422  # 9 tasks never fit 3 slots: retrying cannot help
+        assert "JOBPOOL_IO_QUEUE_MAX" in big.json["detail"]
 
 
 async def test_admission_wait_turns_a_refusal_into_a_short_wait(

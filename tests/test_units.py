@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from service import ids
 from service.config import Settings
-from service.errors import ConfigError, Invalid, Overloaded
+from service.errors import ConfigError, Invalid, Overloaded, TooManyTasks
 from service.jobs.admission import Admission
 from service.jobs.layer import split
 from service.jobs.state import FINAL, JobState, after_interruption, can_cancel, can_move
@@ -202,7 +202,7 @@ async def test_admission_refuses_when_full_and_frees_on_release() -> None:
     a.release(1)
     await a.acquire(2)
     assert a.in_use == 3
-    with pytest.raises(Overloaded, match="can never fit"):
+    with pytest.raises(TooManyTasks, match="can never fit"):
         await a.acquire(4)
 
 

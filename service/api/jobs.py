@@ -19,6 +19,7 @@ async def find_job(layer: JobLayer, req: falcon.asgi.Request, job_id: str) -> Jo
     record = await layer.get(job_id) if ids.is_valid(job_id) else None
     if record is None or record.owner != req.context.owner:
         raise JobNotFound(f"no job {job_id!r}")
+    req.context.job_id = record.id  # for the access log
     return record
 
 
@@ -96,6 +97,7 @@ async def answer_submitted(
     **extra: Any,
 ) -> None:
     """202 at once, or with ``Prefer: wait`` the finished job (200) if it ends in time."""
+    req.context.job_id = record.id  # for the access log
     if wait_s > 0:
         final = await layer.wait(record.id, wait_s)
         resp.set_header("Preference-Applied", f"wait={wait_s}")

@@ -1,15 +1,84 @@
-"""Middleware: request ids and the worker's life cycle (the owner: see security.py)."""
+"""Middleware: timing and access log, request ids, the worker's life cycle (the owner of a
+request: see security.py)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import falcon
 import falcon.asgi
 
+from service.logs import ACCESS_LOGGER, LightRecord
+from service.metrics import METHODS, UNMATCHED, Metrics
+
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:=;/+-]{1,200}")
+
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+class Telemetry:
+    """Times each request, counts it in the metrics and writes its access-log line.
+
+    Right after :class:`RequestId` (which never refuses a request), so it times every
+    request and its line has the request id, even when a later middleware refuses the
+    request (falcon runs every ``process_response``). With ``metrics_port``
+    (``JOBPOOL_METRICS_BIND``) the listener on that port answers ``/metrics`` alone, and
+    the API's listener does not answer it.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        *,
+        metrics_port: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.metrics = metrics
+        self.metrics_port = metrics_port
+        self.clock = clock
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        req.context.started = self.clock()
+        if self.metrics_port is not None:
+            server = req.scope.get("server")
+            on_metrics_port = server is not None and server[1] == self.metrics_port
+            if on_metrics_port != (req.path == "/metrics"):
+                raise falcon.HTTPNotFound()
+
+    async def process_response(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: object,
+        req_succeeded: bool,
+    ) -> None:
+        started = getattr(req.context, "started", None)
+        seconds = 0.0 if started is None else self.clock() - started
+        route = req.uri_template or UNMATCHED
+        method = req.method if req.method in METHODS else "other"
+        status = resp.status_code
+        if self.metrics is not None:
+            self.metrics.request(route, method, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            record = LightRecord(
+                ACCESS_LOGGER, logging.INFO, "%s %s %d", (req.method, req.path, status),
+                {
+                    "route": route,
+                    "method": req.method,
+                    "path": req.path,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "request_id": getattr(req.context, "request_id", None),
+                    "job_id": getattr(req.context, "job_id", None),
+                },
+            )  # fmt: skip
+            access_log.handle(record)
 
 
 class RequestId:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from service.errors import Overloaded
+from service.errors import Overloaded, TooManyTasks
 
 
 class Admission:
-    """Counts slots in use; ``acquire(n)`` takes n or raises :class:`Overloaded`."""
+    """Counts slots in use; ``acquire(n)`` takes n or raises :class:`Overloaded`
+    (:class:`TooManyTasks` when n is more than it can ever hold)."""
 
     def __init__(self, name: str, capacity: int, *, wait_s: float = 0.0) -> None:
         self.name = name
@@ -34,8 +35,9 @@ class Admission:
 
     async def acquire(self, n: int = 1) -> None:
         if n > self.capacity:
-            raise Overloaded(
-                f"{n} tasks can never fit the {self.name} pool (it holds {self.capacity})"
+            raise TooManyTasks(
+                f"{n} tasks can never fit the {self.name} pool: it holds {self.capacity}"
+                f" (JOBPOOL_{self.name.upper()}_QUEUE_MAX)"
             )
         if self.try_acquire(n):
             return

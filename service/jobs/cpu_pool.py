@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from service import logs
 from service.jobs.tokens import HostTokens
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,9 @@ class ProcessDied(Exception):
     """The process running the task died (a crash, a signal, out of memory)."""
 
 
-def _child_init(nice: int) -> None:
+def _child_init(nice: int, log_level: str) -> None:
+    # The same JSON lines as the worker: a task's log calls show up like any other.
+    logs.configure(log_level)
     # Below the HTTP side in priority, so requests stay fast while the cpu pool is saturated.
     os.nice(nice)
     # If our parent (the forkserver, which dies with its gunicorn worker) goes, go too:
@@ -62,9 +65,11 @@ class CpuPool:
         nice: int,
         tokens: HostTokens,
         preload: tuple[str, ...] = (),
+        log_level: str = "info",
     ) -> None:
         self.processes = processes
         self.nice = nice
+        self.log_level = log_level
         self.busy = 0
         self._tokens = tokens
         self._context = multiprocessing.get_context("forkserver")
@@ -80,7 +85,10 @@ class CpuPool:
         executor = self._slots[slot]
         if executor is None:
             executor = ProcessPoolExecutor(
-                1, mp_context=self._context, initializer=_child_init, initargs=(self.nice,)
+                1,
+                mp_context=self._context,
+                initializer=_child_init,
+                initargs=(self.nice, self.log_level),
             )
             self._slots[slot] = executor
         return executor

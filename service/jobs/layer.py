@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from service.errors import ShuttingDown, StoreUnavailable
+from service.errors import Overloaded, ShuttingDown, StoreUnavailable, TooManyTasks
 from service.ids import new_id
+from service.jobs import events as ev
 from service.jobs.admission import Admission
 from service.jobs.cpu_pool import CpuPool, ProcessDied, TaskTimeout
 from service.jobs.io_pool import IoPool
@@ -157,6 +158,7 @@ class JobLayer:
         clock: Callable[[], float] = time.time,
         id_factory: Callable[[], str] = new_id,
         quota: Quota | None = None,
+        events: ev.JobEvents | None = None,
     ) -> None:
         self.registry = registry
         self.quota: Quota = quota or NoQuota()
@@ -168,6 +170,7 @@ class JobLayer:
         self.janitor_interval_s = janitor_interval_s
         self.clock = clock
         self.new_id = id_factory
+        self.events = events or ev.JobEvents()
         self.admission: dict[Pool, Admission] = {
             "io": Admission("io", io_queue_max, wait_s=admission_wait_s),
             "cpu": Admission("cpu", cpu_queue_max, wait_s=admission_wait_s),
@@ -292,14 +295,19 @@ class JobLayer:
         self, spec: JobSpec, args: dict[str, Any], items: list[Any] | None, owner: str
     ) -> JobRecord:
         if self.draining:
+            self.events.rejected(spec.name, ev.SHUTTING_DOWN)
             raise ShuttingDown("this worker is shutting down; retry on another")
         count = 1 if items is None else len(items)
         admission = self.admission[spec.pool]
         self.quota.acquire(owner)
         try:
             await admission.acquire(count)
-        except BaseException:
+        except BaseException as ex:
             self.quota.release(owner)
+            if isinstance(ex, TooManyTasks):
+                self.events.rejected(spec.name, ev.TOO_LARGE)
+            elif isinstance(ex, Overloaded):
+                self.events.rejected(spec.name, ev.OVERLOADED)
             raise
         slots = _Slots(admission, count)
         lane = self._lanes[spec.pool]
@@ -320,13 +328,19 @@ class JobLayer:
         )
         try:
             stored = await self.store.add(record)
-        except BaseException:
+        except BaseException as ex:
+            if isinstance(ex, StoreUnavailable):
+                shutting = isinstance(ex, ShuttingDown)
+                self.events.rejected(
+                    spec.name, ev.SHUTTING_DOWN if shutting else ev.STORE_UNAVAILABLE
+                )
             slots.release()
             self.quota.release(owner)
             if starts_now:
                 lane.running -= 1
                 self._pump(spec.pool)
             raise
+        self.events.accepted(spec.name, spec.pool)
         if stored is JobState.RUNNING:
             self._spawn(spec.pool, record, slots, started=True)
             return record
@@ -373,8 +387,36 @@ class JobLayer:
     def _is_waiting(self, job_id: str) -> bool:
         return any(r.id == job_id for lane in self._lanes.values() for r, _ in lane.waiting)
 
+    def pool_stats(self) -> list[ev.PoolStats]:
+        """How full each pool of this worker is (the cpu pool once the layer started)."""
+        stats = []
+        for pool, lane in self._lanes.items():
+            admission = self.admission[pool]
+            if pool == "io":
+                busy, slots = min(self.io.busy, self.io.threads), self.io.threads
+            elif self._cpu is not None:
+                busy, slots = self._cpu.busy, self._cpu.processes
+            else:
+                continue
+            stats.append(
+                ev.PoolStats(
+                    pool=pool,
+                    queued_jobs=len(lane.waiting) + sum(p == pool for p, _ in self._suspects),
+                    running_jobs=lane.running,
+                    busy_slots=busy,
+                    slots=slots,
+                    admitted_tasks=admission.in_use,
+                    admission_limit=admission.capacity,
+                )
+            )
+        return stats
+
     async def cancel(self, job_id: str) -> JobState | None:
-        return await self.store.cancel(job_id, self.clock())
+        before = await self.store.get(job_id)
+        state = await self.store.cancel(job_id, self.clock())
+        if before is not None and before.state is JobState.QUEUED and state is JobState.CANCELLED:
+            self.events.finished(before.name, JobState.CANCELLED, None)
+        return state
 
     # -- running ----------------------------------------------------------------------
 
@@ -502,10 +544,14 @@ class JobLayer:
 
     async def _run(self, record: JobRecord, slots: _Slots, *, started: bool) -> None:
         try:
-            if not started:
+            if started:  # stored running, at its accept or by a claim from a shared queue
+                began = record.started_at or self.clock()
+                self.events.started(record.name, max(0.0, began - record.created_at))
+            else:
                 now = self.clock()
                 if not await self.store.start(record.id, now):
-                    return  # cancelled while it waited
+                    return  # cancelled while it waited (counted by cancel())
+                self.events.started(record.name, max(0.0, now - record.created_at))
                 record = record.replace(
                     state=JobState.RUNNING, started_at=now, attempts=record.attempts + 1
                 )
@@ -634,6 +680,13 @@ class JobLayer:
         error: str | None = None,
         progress: BatchProgress | None = None,
     ) -> None:
-        await self.store.finish(
-            record, state, self.clock(), result=result, error=error, progress=progress
-        )
+        now = self.clock()
+        await self.store.finish(record, state, now, result=result, error=error, progress=progress)
+        ran_s = None if record.started_at is None else max(0.0, now - record.started_at)
+        self.events.finished(record.name, state, ran_s)
+        if state is JobState.FAILED:
+            log.info("job %s (%s) failed: %s", record.id, record.name, error,
+                     extra={"job_id": record.id})  # fmt: skip
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("job %s (%s) %s", record.id, record.name, state.value,
+                      extra={"job_id": record.id})  # fmt: skip

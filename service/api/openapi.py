@@ -1,0 +1,627 @@
+"""``GET /openapi.json``: the API's OpenAPI 3.1 document, maintained here by hand.
+
+Every route that ``create_app`` wires is described here with its parameters, bodies and
+answers, errors included; ``tests/test_openapi.py`` fails when the two disagree, and CI
+runs schemathesis against the running server from this document (``.ci/run``). Limits
+(items per batch, body bytes, longest wait) come from the settings the app runs with.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+import falcon.asgi
+import orjson
+
+from service.config import Settings
+
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+ID_PATTERN = "^[0-7][0-9a-hjkmnp-tv-z]{25}$"
+JOB_FIELDS = ["id", "job", "state", "created_at", "started_at", "finished_at", "attempts", "error"]
+
+# -- schemas ------------------------------------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _schemas(settings: Settings) -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "Problem": {
+            "description": "An error (RFC 9457).",
+            "type": "object",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "detail": {"type": "string"},
+                "errors": {
+                    "description": "What is wrong with the body, by JSON pointer (up to 20).",
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["pointer", "detail"],
+                        "properties": {
+                            "pointer": {"type": "string"},
+                            "detail": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        "Parcel": {
+            "description": "One item of a batch, stored and read back exactly as sent.",
+            "type": "object",
+            "required": ["id", "time", "data"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "minLength": 1},
+                "time": {
+                    "description": "An RFC 3339 date-time: a T, seconds, and Z or an offset.",
+                    "type": "string",
+                    "format": "date-time",
+                },
+                "data": {"type": "string"},
+            },
+        },
+        "Batch": {
+            "description": "The seed's batch: one io task per item.",
+            "type": "object",
+            "required": ["Data"],
+            "properties": {
+                "Data": {
+                    "type": "array",
+                    "minItems": 1,
+                    # A batch the io pool can never hold is refused too (422).
+                    "maxItems": min(settings.batch_max, settings.io_queue_max),
+                    "items": _ref("Parcel"),
+                },
+            },
+        },
+        "Submitted": {
+            "description": "A job stored and started or queued.",
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["job", "state"],
+            "properties": {
+                "job": {"type": "string", "pattern": ID_PATTERN},
+                "state": {"enum": ["queued", "running"]},
+                "accepted": {"description": "Items of a batch.", **count},
+            },
+        },
+        "Job": {
+            "description": "A job's state; ``items`` for batches.",
+            "type": "object",
+            "additionalProperties": False,
+            "required": JOB_FIELDS,
+            "properties": {
+                "id": {"type": "string", "pattern": ID_PATTERN},
+                "job": {"type": "string"},
+                "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                "created_at": {"type": "string", "format": "date-time"},
+                "started_at": {"type": ["string", "null"], "format": "date-time"},
+                "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                "attempts": count,
+                "error": {"type": ["string", "null"]},
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["total", "done", "failed"],
+                    "properties": {"total": count, "done": count, "failed": count},
+                },
+            },
+        },
+        "BatchResult": {
+            "description": "The result of a batch job.",
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["total", "done", "failed", "failures"],
+            "properties": {
+                "total": count,
+                "done": count,
+                "failed": count,
+                "failures": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["index", "key", "error"],
+                        "properties": {
+                            "index": count,
+                            "key": {"type": ["string", "null"]},
+                            "error": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        "Fetch": {
+            "description": "A URL to fetch on the io pool, behind the SSRF guard.",
+            "type": "object",
+            "required": ["url"],
+            "additionalProperties": False,
+            "properties": {
+                "url": {
+                    "description": "http or https; private, loopback and metadata addresses "
+                    "are refused (422 at submit, or the job fails after DNS).",
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": settings.fetch_max_url_length,
+                },
+                "method": {"enum": ["GET", "HEAD"], "default": "GET"},
+            },
+        },
+        "Fetched": {
+            "description": "The result of a fetch job.",
+            "type": "object",
+            "additionalProperties": False,
+            "required": [
+                "url",
+                "method",
+                "status",
+                "address",
+                "headers",
+                "size",
+                "sha256",
+                "elapsed_ms",
+                "redirects",
+                "body_base64",
+                "body_truncated",
+            ],
+            "properties": {
+                "url": {"type": "string"},
+                "method": {"enum": ["GET", "HEAD"]},
+                "status": {"type": "integer"},
+                "address": {"type": "string"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "size": count,
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "elapsed_ms": count,
+                "redirects": {"type": "array", "items": {"type": "string"}},
+                "body_base64": {"type": ["string", "null"]},
+                "body_truncated": {"type": "boolean"},
+            },
+        },
+        "SearchAnswer": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["query", "items", "providers", "elapsed_ms"],
+            "properties": {
+                "query": {"type": "string"},
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "title", "url", "score", "provider"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "title": {"type": "string"},
+                            "url": {"type": "string"},
+                            "score": {"type": "number"},
+                            "provider": {"type": "string"},
+                        },
+                    },
+                },
+                "providers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "status", "elapsed_ms"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "status": {"enum": ["ok", "timeout", "error"]},
+                            "count": count,
+                            "elapsed_ms": {"type": ["integer", "null"]},
+                            "error": {"type": "string"},
+                        },
+                    },
+                },
+                "elapsed_ms": count,
+            },
+        },
+        "Readiness": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["ok", "failing"],
+            "properties": {
+                "ok": {"type": "array", "items": {"type": "string"}},
+                "failing": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+    }
+
+
+# -- answers ------------------------------------------------------------------------------
+
+_REQUEST_ID = {"$ref": "#/components/headers/X-Request-ID"}
+
+
+def _answer(
+    description: str,
+    content: dict[str, Any] | None = None,
+    headers: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": description,
+        "headers": {"X-Request-ID": _REQUEST_ID, **(headers or {})},
+    }
+    if content is not None:
+        answer["content"] = content
+    return answer
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {JSON: {"schema": schema}}
+
+
+def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return _answer(description, {PROBLEM: {"schema": _ref("Problem")}}, headers)
+
+
+def _retry_after() -> dict[str, Any]:
+    return {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
+
+
+def _job_id() -> dict[str, Any]:
+    return {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "description": "A job id (26 characters); any other text is an unknown job (404).",
+        "schema": {"type": "string", "minLength": 1},
+    }
+
+
+_JOB_LINKS = {
+    "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/job"}},
+    "GetJobResult": {
+        "operationId": "getJobResult",
+        "parameters": {"job_id": "$response.body#/job"},
+    },
+    "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/job"}},
+}
+
+
+def _prefer(settings: Settings, what: str) -> dict[str, Any]:
+    return {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "description": f"``wait=N`` (RFC 7240): hold the answer up to N s (at most "
+        f"{settings.wait_max_s}, JOBPOOL_WAIT_MAX_S) for {what}.",
+        "schema": {"type": "string"},
+        "example": "wait=5",
+    }
+
+
+def _submit_answers(
+    *,
+    done: dict[str, Any],
+    body: str,
+    too_large: str,
+    invalid: str,
+) -> dict[str, Any]:
+    """The answers of a submit: ``done`` is the content of a finished job's 200."""
+    return {
+        "200": _answer(
+            "With ``Prefer: wait=N``, the job ended within N s: its result if it succeeded, "
+            "else its job document.",
+            done,
+            {
+                "Location": {"$ref": "#/components/headers/Location"},
+                "Preference-Applied": {"schema": {"type": "string"}},
+            },
+        ),
+        "202": {
+            **_answer(
+                "The job is stored: it runs now or waits its turn. ``Location`` points at it.",
+                _json(_ref("Submitted")),
+                {"Location": {"$ref": "#/components/headers/Location"}},
+            ),
+            "links": _JOB_LINKS,
+        },
+        "400": _problem("The body is not valid JSON."),
+        "413": _problem(too_large),
+        "415": _problem(body),
+        "422": _problem(invalid),
+        "503": _problem(
+            "The pool is full or the worker is shutting down: retry after Retry-After.",
+            _retry_after(),
+        ),
+    }
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
+def _image_params(settings: Settings) -> list[dict[str, Any]]:
+    side = {"type": "integer", "minimum": 1, "maximum": settings.image_max_side}
+    coordinate = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+    return [
+        {
+            "name": "op",
+            "in": "query",
+            "required": True,
+            "description": "thumbnail, resize (width, height); crop (left, top, width, "
+            "height); rotate (degrees); grayscale. Parameters an op does not use are 422.",
+            "schema": {"enum": ["thumbnail", "resize", "crop", "rotate", "grayscale"]},
+        },
+        _query("width", side, f"pixels, at most {settings.image_max_side}"),
+        _query("height", side, f"pixels, at most {settings.image_max_side}"),
+        _query("left", coordinate),
+        _query("top", coordinate),
+        _query(
+            "degrees", {"type": "integer", "minimum": -360, "maximum": 360}, "counter-clockwise"
+        ),
+        _query(
+            "format",
+            {"enum": ["jpeg", "jpg", "png", "webp"]},
+            "output format; default: the input's when it is one of these, else png",
+        ),
+        _query("quality", {"type": "integer", "minimum": 1, "maximum": 100}, "jpeg, webp"),
+    ]
+
+
+def _paths(settings: Settings) -> dict[str, Any]:
+    not_found = _problem("No such job, or not the caller's.")
+    body_max = f"The body is over {settings.body_max} bytes (JOBPOOL_BODY_MAX)."
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    paths: dict[str, Any] = {
+        "/v1/parcels": {
+            "post": {
+                "operationId": "submitParcels",
+                "summary": "Submit a batch of parcels: one job, one io task per item.",
+                "parameters": [_prefer(settings, "the job to end")],
+                "requestBody": {"required": True, "content": _json(_ref("Batch"))},
+                "responses": _submit_answers(
+                    done=_json({"oneOf": [_ref("BatchResult"), _ref("Job")]}),
+                    body="The body is not JSON.",
+                    too_large=body_max,
+                    invalid="The body is JSON but not a valid batch (``errors`` lists why), "
+                    "or it has more items than the io pool can ever hold "
+                    "(JOBPOOL_IO_QUEUE_MAX).",
+                ),
+            }
+        },
+        "/v1/fetch": {
+            "post": {
+                "operationId": "submitFetch",
+                "summary": "Fetch a URL on the io pool (timeouts, size cap, SSRF guard).",
+                "parameters": [_prefer(settings, "the job to end")],
+                "requestBody": {"required": True, "content": _json(_ref("Fetch"))},
+                "responses": _submit_answers(
+                    done=_json({"oneOf": [_ref("Fetched"), _ref("Job")]}),
+                    body="The body is not JSON.",
+                    too_large=body_max,
+                    invalid="Not a fetch request, or a URL refused without DNS (scheme, "
+                    "private or metadata address, length).",
+                ),
+            }
+        },
+        "/v1/images": {
+            "post": {
+                "operationId": "submitImage",
+                "summary": "Thumbnail, resize, crop, rotate or gray an image on the cpu pool.",
+                "parameters": [*_image_params(settings), _prefer(settings, "the image")],
+                "requestBody": {
+                    "required": True,
+                    "description": "The image itself (jpeg, png, webp, gif, bmp, tiff).",
+                    "content": {"image/*": binary, "application/octet-stream": binary},
+                },
+                "responses": _submit_answers(
+                    done={
+                        "image/jpeg": binary,
+                        "image/png": binary,
+                        "image/webp": binary,
+                        JSON: {"schema": _ref("Job")},
+                    },
+                    body="The body is not an image of an accepted format.",
+                    too_large=f"The image is over {settings.image_body_max} bytes "
+                    "(JOBPOOL_IMAGE_BODY_MAX).",
+                    invalid="A parameter is wrong or does not fit the image (``param`` "
+                    "names it), or the image has too many pixels.",
+                ),
+            }
+        },
+        "/v1/search": {
+            "get": {
+                "operationId": "search",
+                "summary": "Ask every configured provider in parallel; merge what answers "
+                "within the deadline. A slow or failing provider is reported, not fatal.",
+                "parameters": [
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "required": True,
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": settings.search_query_max,
+                            "pattern": "\\S",
+                        },
+                    },
+                    _query(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}
+                    ),
+                ],
+                "responses": {
+                    "200": _answer("The merged answer.", _json(_ref("SearchAnswer"))),
+                    "422": _problem(
+                        "``q`` is missing or blank or too long, or ``limit`` is not 1 to 100."
+                    ),
+                },
+            }
+        },
+        "/v1/parcels/{parcel_id}": {
+            "get": {
+                "operationId": "getParcel",
+                "summary": "A stored parcel exactly as sent (the newest, if sent twice).",
+                "parameters": [
+                    {
+                        "name": "parcel_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                    }
+                ],
+                "responses": {
+                    "200": _answer("The parcel.", _json(_ref("Parcel"))),
+                    "404": _problem("No such parcel (or it expired)."),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "operationId": "getJob",
+                "summary": "A job's document; with ``Prefer: wait=N`` once it ends, or after "
+                "N s. Any worker of any host answers for any job.",
+                "parameters": [_job_id(), _prefer(settings, "the job to end")],
+                "responses": {
+                    "200": _answer(
+                        "The job.",
+                        _json(_ref("Job")),
+                        {"Preference-Applied": {"schema": {"type": "string"}}},
+                    ),
+                    "404": not_found,
+                },
+            },
+            "delete": {
+                "operationId": "cancelJob",
+                "summary": "Cancel a job that has not started; the job stays readable.",
+                "parameters": [_job_id()],
+                "responses": {
+                    "200": _answer("The job, now cancelled.", _json(_ref("Job"))),
+                    "404": not_found,
+                    "409": _problem("The job is running or ended: it cannot be cancelled."),
+                },
+            },
+        },
+        "/v1/jobs/{job_id}/result": {
+            "get": {
+                "operationId": "getJobResult",
+                "summary": "The result of a finished job: JSON, or bytes of their own type.",
+                "parameters": [_job_id()],
+                "responses": {
+                    "200": _answer(
+                        "The result.",
+                        {
+                            JSON: {"schema": {}},
+                            "*/*": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    ),
+                    "404": not_found,
+                    "409": _problem("The job has no result (yet, or it failed)."),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness: the worker answers. Touches no pool and no store.",
+                "responses": {
+                    "200": _answer(
+                        "Alive.",
+                        _json(
+                            {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {"status": {"const": "ok"}},
+                            }
+                        ),
+                    )
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: every named check passes.",
+                "responses": {
+                    "200": _answer("Ready.", _json(_ref("Readiness"))),
+                    "503": _answer("Not ready; ``failing`` says why.", _json(_ref("Readiness"))),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {"200": _answer("OpenAPI 3.1.", _json({"type": "object"}))},
+            }
+        },
+    }
+    if settings.metrics:
+        paths["/metrics"] = {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus text, summed over all workers of the host. With "
+                "JOBPOOL_METRICS_BIND it is served on that listener alone.",
+                "responses": {
+                    "200": _answer("The metrics.", {"text/plain": {"schema": {"type": "string"}}}),
+                    "404": _problem("Served on the metrics listener (JOBPOOL_METRICS_BIND)."),
+                },
+            }
+        }
+    return paths
+
+
+def _version() -> str:
+    try:
+        return metadata.version("jobpool")
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "0+unknown"
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document of the API as ``settings`` configure it."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "jobpool",
+            "version": _version(),
+            "description": "An HTTP job service: endpoints submit jobs to shared pools. "
+            "Errors are application/problem+json (RFC 9457).",
+        },
+        "paths": _paths(settings),
+        "components": {
+            "schemas": _schemas(settings),
+            "headers": {
+                "X-Request-ID": {
+                    "description": "The request's id: the client's X-Request-ID (or the load "
+                    "balancer's X-Amzn-Trace-Id) when well formed, else a new one.",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1},
+                },
+                "Location": {
+                    "description": "The job: /v1/jobs/{id}.",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^/v1/jobs/"},
+                },
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                },
+            },
+        },
+    }
+
+
+class OpenApiResource:
+    """Serves the document, serialised once."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.body = orjson.dumps(doc)
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.content_type = JSON
+        resp.data = self.body

@@ -1,0 +1,213 @@
+"""Logs: one JSON object per line (orjson), secrets scrubbed from every line.
+
+Every line has ``ts`` (RFC 3339 UTC, milliseconds), ``level``, ``logger``, ``msg`` and
+``pid``; ``extra={...}`` fields of a log call become fields of the line (the access log's
+``route``, ``status``, ``request_id``, ...), and an exception becomes ``exc``.
+
+gunicorn's own log goes through the same formatter: :func:`logconfig_dict` is what
+``gunicorn.conf.py`` hands to gunicorn. The access log (logger ``jobpool.access``) goes to
+stdout, everything else to stderr.
+
+Nothing that looks like a secret reaches a line: ``Bearer`` tokens,
+``key=value`` pairs whose key names a secret (``authorization``, ``api_key``, ``token``,
+``password``...), the password of a URL, and any literal registered with
+:meth:`Redactor.add_literals` (e.g. the service's API keys) are replaced by ``[REDACTED]``
+in the serialised line, whatever field they are in.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+ACCESS_LOGGER = "jobpool.access"
+REDACTED = "[REDACTED]"
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+_LEVELS = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+# A bearer token wherever it stands: "Bearer abc.def".
+_SCHEME = r"(?P<scheme>\bbearer\s+)(?!\[REDACTED\])[A-Za-z0-9._~+/=:-]+"
+# key=value or key: value (also quoted, JSON or repr) where the key names a secret; the
+# value may start with an auth scheme ("Authorization: Basic dXNlcjpwYXNz").
+_PAIR = (
+    r"(?P<key>(?<![A-Za-z0-9])(?:authorization|proxy-authorization|x-api-key|api[_-]?keys?"
+    r"|apikey|access[_-]?token|refresh[_-]?token|token|secret|client[_-]?secret|password"
+    r"|passwd|pwd)\\?[\"']?\s*[:=]\s*\\?[\"']?(?:(?:bearer|basic|digest|negotiate)\s+)?)"
+    r"(?!\[REDACTED\])[^\s\"'\\&,;}\])]+"
+)
+# The password of a URL: scheme://user:password@host
+_USERINFO = r"(?P<userinfo>://[^/\s:@\"']*:)[^/\s@\"']+(?=@)"
+
+
+#: Cheap test before the regular expression: a line holding none of these has no secret
+#: of the kinds above (most lines; the full expression costs ~20x more).
+_TRIGGERS = ("bearer", "auth", "key", "token", "secret", "pass", "pwd", "://")
+
+
+class Redactor:
+    """Replaces what looks like a secret in a line of text by ``[REDACTED]``."""
+
+    def __init__(self) -> None:
+        self._patterns = re.compile(f"{_SCHEME}|{_PAIR}|{_USERINFO}", re.IGNORECASE)
+        self._literals: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    def add_literals(self, secrets: Iterable[str]) -> None:
+        """Also scrub these exact strings (API keys, passwords read from files)."""
+        with self._lock:
+            known = set(self._literals) | {s for s in secrets if len(s) >= 4}
+            self._literals = tuple(sorted(known, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for secret in self._literals:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        lowered = text.lower()
+        for trigger in _TRIGGERS:
+            if trigger in lowered:
+                return self._patterns.sub(_replace, text)
+        return text
+
+
+def _replace(match: re.Match[str]) -> str:
+    prefix = match.group("scheme") or match.group("key") or match.group("userinfo") or ""
+    return prefix + REDACTED
+
+
+#: The redactor every JsonFormatter of the process uses.
+redact = Redactor()
+
+
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
+def _iso(ts: float) -> str:
+    seconds = int(ts)
+    if seconds != _second[0]:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second[0] = seconds
+    return f"{_second[1]}.{int((ts - seconds) * 1000):03d}Z"
+
+
+class LightRecord(logging.LogRecord):
+    """A LogRecord made without LogRecord.__init__'s look-ups (caller's path, thread and
+    process names): the access log makes one per request, and those cost more than the
+    rest of its line. What it does not set reads the class defaults below, so any
+    formatter or filter an operator adds still finds every attribute."""
+
+    pathname = filename = module = ""
+    lineno = 0
+    funcName = ""
+    thread: int | None = None
+    threadName: str | None = None
+    processName: str | None = None
+    taskName: str | None = None
+    relativeCreated = 0.0
+    exc_info = None
+    exc_text: str | None = None
+    stack_info: str | None = None
+
+    def __init__(
+        self, name: str, level: int, msg: str, args: tuple[Any, ...], fields: dict[str, Any]
+    ) -> None:
+        self.__dict__.update(fields)
+        self.name = name
+        self.msg = msg
+        self.args = args
+        self.levelno = level
+        self.levelname = logging.getLevelName(level)
+        self.created = created = time.time()
+        self.msecs = (created - int(created)) * 1000
+        self.process = os.getpid()
+
+
+def _default(value: Any) -> Any:
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """A log record as one line of JSON, with secrets scrubbed."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor or redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": _LEVELS.get(record.levelno) or record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": record.process,
+        }
+        for key, value in record.__dict__.items():
+            if value is not None and key not in _RECORD_ATTRS and key not in doc:
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = record.stack_info
+        line = orjson.dumps(doc, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
+        return self.redactor(line)
+
+
+def logconfig_dict(level: str) -> dict[str, Any]:
+    """``logging.config.dictConfig`` for gunicorn (``logconfig_dict``) and the app: JSON
+    lines, the access log on stdout, the rest (gunicorn's error log included) on stderr."""
+    level = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            },
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            # gunicorn's error log: no handler of its own, the root's JSON one.
+            "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
+            # The access log follows JOBPOOL_LOG_LEVEL: its lines are info events.
+            ACCESS_LOGGER: {"level": level, "handlers": ["stdout"], "propagate": False},
+        },
+    }
+
+
+def configure(level: str) -> None:
+    """JSON logs for a process that gunicorn did not set up (another server, a cpu process).
+
+    Leaves a root logger that already has handlers (gunicorn's) as it is, but for its level.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.config.dictConfig(logconfig_dict(level))
+    root.setLevel(level.upper())
+    logging.captureWarnings(True)
