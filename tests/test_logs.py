@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from service.logs import REDACTED, JsonFormatter, Redactor, logconfig_dict
+from tests.clients import ALICE, bearer
 from tests.conftest import SEED_BATCH
 from tests.server import Server
 
@@ -126,7 +127,8 @@ def test_no_secret_reaches_a_log_line_even_at_debug(
     """Secrets sent in headers, query, ids, paths and task errors appear in no log line."""
     srv = server_factory(env={"JOBPOOL_LOG_LEVEL": "debug"})
     auth = {
-        "Authorization": f"Bearer tok-{SECRETS[0]}",
+        # A real key (auth is on): the request must pass, and the key must not be logged.
+        **bearer(ALICE),
         "X-API-Key": f"key-{SECRETS[1]}",
         "Cookie": f"session={SECRETS[1]}",
     }
@@ -152,7 +154,7 @@ def test_no_secret_reaches_a_log_line_even_at_debug(
     docs = [orjson.loads(line) for line in lines]  # every line is one JSON object
     assert all(isinstance(d, dict) for d in docs)
     for line in lines:
-        for secret in SECRETS:
+        for secret in [*SECRETS, ALICE]:
             assert secret not in line, line
     # The debug lines were there to leak from: per-item task lines, job failures.
     messages = [d["msg"] for d in docs]
