@@ -185,6 +185,8 @@ def create_app(
     ]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
+    # `?limit=` must reach validation as an empty value (422), not vanish as absent.
+    app.req_options.keep_blank_qs_values = True
     problems.install(app, drain_max=settings.drain_max)
     app.add_route("/healthz", Healthz())
     app.add_route(

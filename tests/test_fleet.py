@@ -59,7 +59,7 @@ def test_two_hosts_share_jobs_and_one_finishes_what_a_killed_one_held(
     assert cancelled.status == 200
     assert cancelled.json()["state"] == "cancelled"
     waited = b.get(f"/v1/jobs/{spread[0]}", headers={"Prefer": "wait=20"})
-    assert waited.json()["state"] == "succeeded"
+    assert waited.json()["state"] == "succeeded", waited
     ran_on = {b.wait_final(i)["id"]: b.get(f"/v1/jobs/{i}/result").json() for i in spread}
     assert {r["state_dir"] for r in ran_on.values()} == {str(a.state_dir), str(b.state_dir)}
     assert a.get(f"/v1/jobs/{extra}").json()["state"] == "cancelled"

@@ -221,8 +221,14 @@ def test_search_merges_providers_and_reports_each(
 
 
 @pytest.mark.parametrize(
-    "query", ["", "q=", "q=%20", "q=x&limit=0", "q=x&limit=abc", "q=" + "x" * 300]
+    "query", ["", "q=", "q=%20", "q=x&limit=0", "q=x&limit=abc", "q=x&limit=", "q=" + "x" * 300]
 )
 def test_search_refuses_bad_queries(server: Server, query: str) -> None:
     """A missing or over-long q, or a bad limit, is a 422."""
     assert server.get(f"/v1/search?{query}").status == 422
+
+
+def test_an_undeclared_method_is_405_even_with_a_body(server: Server) -> None:
+    """GET with a body on a POST-only route is 405 (not 413): routing decides first."""
+    r = server.request("GET", "/v1/fetch", json={"url": "http://example.test/"})
+    assert r.status == 405

@@ -14,6 +14,7 @@ from typing import Any
 import falcon.asgi
 import orjson
 
+from service.api.security import OPEN_PATHS
 from service.config import Settings
 
 JSON = "application/json"
@@ -581,6 +582,25 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _secure(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation but the open ones takes a bearer key and may answer 401 and 429."""
+    for path, operations in paths.items():
+        for operation in operations.values():
+            if path in OPEN_PATHS:
+                operation["security"] = []
+                continue
+            responses = operation["responses"]
+            responses.setdefault("401", _problem(
+                "No API key, or one that is malformed or not valid.",
+                {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
+            ))  # fmt: skip
+            responses.setdefault("429", _problem(
+                "Over a client limit: the request rate, or the jobs in flight.",
+                {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
+            ))  # fmt: skip
+    return paths
+
+
 def document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI document of the API as ``settings`` configure it."""
     return {
@@ -591,8 +611,16 @@ def document(settings: Settings) -> dict[str, Any]:
             "description": "An HTTP job service: endpoints submit jobs to shared pools. "
             "Errors are application/problem+json (RFC 9457).",
         },
-        "paths": _paths(settings),
+        "paths": _secure(_paths(settings)),
+        "security": [{"bearer": []}],
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (python -m service.keys new NAME).",
+                }
+            },
             "schemas": _schemas(settings),
             "headers": {
                 "X-Request-ID": {
@@ -605,6 +633,11 @@ def document(settings: Settings) -> dict[str, Any]:
                     "description": "The job: /v1/jobs/{id}.",
                     "required": True,
                     "schema": {"type": "string", "pattern": "^/v1/jobs/"},
+                },
+                "WWW-Authenticate": {
+                    "description": "How to authenticate: Bearer.",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^Bearer "},
                 },
                 "Retry-After": {
                     "description": "Seconds to wait before trying again.",

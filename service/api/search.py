@@ -34,7 +34,9 @@ class SearchResource:
         if len(q) > self.settings.search_query_max:
             raise Invalid(f'"q" is over {self.settings.search_query_max} characters '
                           "(JOBPOOL_SEARCH_QUERY_MAX)")  # fmt: skip
-        raw = req.get_param("limit") or str(DEFAULT_LIMIT)
+        raw = req.get_param("limit")
+        if raw is None:  # absent; an empty value is refused below
+            raw = str(DEFAULT_LIMIT)
         if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
             raise Invalid(f'"limit" must be an integer from 1 to {MAX_LIMIT}')
         return q, int(raw)

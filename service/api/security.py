@@ -34,7 +34,7 @@ from service.limits import HostLimits
 log = logging.getLogger(__name__)
 
 #: Routes answered without a key: liveness and readiness, for the load balancer.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})  # the LB; the API's doc
 #: The owner of every job when ``JOBPOOL_AUTH=off``.
 ANONYMOUS = "anonymous"
 BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
@@ -103,6 +103,8 @@ class BodyLimit:
         length = req.content_length
         if not length or resource is None:
             return
+        if not hasattr(resource, f"on_{req.method.lower()}"):
+            return  # the route has no such method: falcon answers 405, whatever the body
         if req.method in BODYLESS:
             raise TooLarge(f"{req.method} takes no body; this one has {length} bytes")
         limit: int = getattr(resource, "body_max", self.default_max)
@@ -121,6 +123,12 @@ def middleware(settings: Settings, keyring: Keyring | None, limits: HostLimits) 
         )
     return [
         RequestLimits(url_max=settings.url_max, params_max=settings.query_params_max),
-        Authenticate(keyring, limits),
+        # With a metrics listener of its own (not on the load balancer), Prometheus scrapes
+        # it without a key; on the API port /metrics is then 404.
+        Authenticate(
+            keyring,
+            limits,
+            open_paths=OPEN_PATHS | ({"/metrics"} if settings.metrics_bind else set()),
+        ),
         BodyLimit(default_max=settings.body_max),
     ]
