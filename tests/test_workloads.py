@@ -232,3 +232,8 @@ def test_an_undeclared_method_is_405_even_with_a_body(server: Server) -> None:
     """GET with a body on a POST-only route is 405 (not 413): routing decides first."""
     r = server.request("GET", "/v1/fetch", json={"url": "http://example.test/"})
     assert r.status == 405
+
+
+def test_a_query_of_control_characters_is_a_query(server: Server) -> None:
+    """Only spaces, tabs and line breaks count as blank in q, as /openapi.json says."""
+    assert server.get("/v1/search?q=%1D").status == 200

@@ -14,6 +14,7 @@ from typing import Any
 import falcon.asgi
 import orjson
 
+from service.api.search import BLANK_FREE_PATTERN
 from service.api.security import OPEN_PATHS
 from service.config import Settings
 
@@ -447,7 +448,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                             "type": "string",
                             "minLength": 1,
                             "maxLength": settings.search_query_max,
-                            "pattern": "\\S",
+                            "pattern": BLANK_FREE_PATTERN,
                         },
                     },
                     _query(
@@ -583,9 +584,16 @@ def _version() -> str:
 
 
 def _secure(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every operation but the open ones takes a bearer key and may answer 401 and 429."""
+    """Every operation may answer 400 and 414 (request limits); all but the open ones take a
+    bearer key and may answer 401 and 429."""
     for path, operations in paths.items():
         for operation in operations.values():
+            # Every route: the request limits answer before any route's own checks.
+            responses = operation["responses"]
+            responses.setdefault("400", _problem(
+                "More query parameters than JOBPOOL_QUERY_PARAMS_MAX, or a malformed request."
+            ))  # fmt: skip
+            responses.setdefault("414", _problem("A URL longer than JOBPOOL_URL_MAX."))
             if path in OPEN_PATHS:
                 operation["security"] = []
                 continue

@@ -16,6 +16,9 @@ from service.jobs.layer import JobLayer, describe
 from service.tasks.search import ProviderTimeout, merge
 
 DEFAULT_LIMIT = 20
+#: What a query may not consist of alone; the same rule, as a pattern, in /openapi.json.
+BLANKS = " \t\r\n"
+BLANK_FREE_PATTERN = "[^ \t\r\n]"
 MAX_LIMIT = 100
 
 
@@ -29,7 +32,7 @@ class SearchResource:
 
     def _query(self, req: falcon.asgi.Request) -> tuple[str, int]:
         q = req.get_param("q") or ""
-        if not q.strip():
+        if not q.strip(BLANKS):
             raise Invalid('the query parameter "q" is required')
         if len(q) > self.settings.search_query_max:
             raise Invalid(f'"q" is over {self.settings.search_query_max} characters '
