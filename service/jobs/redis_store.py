@@ -45,7 +45,7 @@ from service.jobs.redis_lua import PRELUDE, SCRIPTS
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot, host_id
 from service.jobs.state import JobState
-from service.jobs.store import INTERRUPTED
+from service.jobs.store import INTERRUPTED, capped_result
 
 log = logging.getLogger(__name__)
 
@@ -321,11 +321,7 @@ class RedisStore:
         error: str | None,
         progress: BatchProgress | None = None,
     ) -> None:
-        blob = None if result is None else _dumps(result)
-        if blob is not None and len(blob) > self.result_max:
-            state = JobState.FAILED
-            error = f"the result ({len(blob)} bytes) is over JOBPOOL_RESULT_MAX ({self.result_max})"
-            blob = None
+        blob, state, error = capped_result(result, state, error, limit=self.result_max)
         put: list[Any] = []
         gone: list[str] = []
         for name, value in (("error", error), ("result", blob)):

@@ -31,7 +31,7 @@ from service.jobs.record import BatchProgress, JobRecord
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot
 from service.jobs.state import JobState
-from service.jobs.store import INTERRUPTED
+from service.jobs.store import INTERRUPTED, capped_result
 
 log = logging.getLogger(__name__)
 
@@ -291,11 +291,7 @@ class SqliteStore:
         error: str | None,
         progress: BatchProgress | None = None,
     ) -> None:
-        blob = None if result is None else _dumps(result)
-        if blob is not None and len(blob) > self.result_max:
-            state = JobState.FAILED
-            error = f"the result ({len(blob)} bytes) is over JOBPOOL_RESULT_MAX ({self.result_max})"
-            blob = None
+        blob, state, error = capped_result(result, state, error, limit=self.result_max)
         write_items = _progress_writer(record, progress) if progress else None
         done, failed = (progress.done, progress.failed) if progress else (None, None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -11,6 +12,20 @@ from service.jobs.state import JobState
 
 #: The error a job carries when it was found running by a process that is gone (a crash).
 INTERRUPTED = "interrupted: the process running it stopped"
+
+
+def capped_result(
+    result: Any, state: JobState, error: str | None, *, limit: int
+) -> tuple[bytes | None, JobState, str | None]:
+    """A result as stored (pickled), or the job failed when it is over ``limit`` bytes."""
+    blob = None if result is None else pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    if blob is not None and len(blob) > limit:
+        return (
+            None,
+            JobState.FAILED,
+            (f"the result ({len(blob)} bytes) is over JOBPOOL_RESULT_MAX ({limit})"),
+        )
+    return blob, state, error
 
 
 class Store(Protocol):
