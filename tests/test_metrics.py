@@ -258,3 +258,18 @@ def test_metrics_port_refusals_still_carry_a_request_id(
     assert r.status == 404
     assert r.headers["X-Request-ID"] == "scrape-1"
     assert r.headers["Content-Type"] == "application/problem+json"
+
+
+async def test_a_client_over_its_jobs_in_flight_is_counted_apart(
+    conductor_for: Callable[..., testing.ASGIConductor],
+) -> None:
+    """A submit refused by the client's cap on jobs in flight (429) is reason client_limit."""
+    async with conductor_for(client_max_inflight=1) as c:
+        first = await c.simulate_post("/test/jobs/test.sleep", json={"seconds": 0.5})
+        assert first.status_code == 202
+        second = await c.simulate_post("/test/jobs/test.sleep", json={"seconds": 0})
+        assert second.status_code == 429
+        s = scrape((await c.simulate_get("/metrics")).text)
+    rejected = "jobpool_jobs_rejected_total"
+    assert value(s, rejected, job="test.sleep", reason="client_limit") == 1
+    assert value(s, rejected, job="test.sleep", reason="overloaded") == 0

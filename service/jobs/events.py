@@ -18,7 +18,8 @@ OVERLOADED = "overloaded"  # its pool has no free admission slot (503)
 TOO_LARGE = "too_large"  # more tasks than its pool can ever hold (422)
 SHUTTING_DOWN = "shutting_down"  # the worker is draining (503)
 STORE_UNAVAILABLE = "store_unavailable"  # the store refused the write (503)
-REASONS = (OVERLOADED, TOO_LARGE, SHUTTING_DOWN, STORE_UNAVAILABLE)
+CLIENT_LIMIT = "client_limit"  # the client has its most jobs in flight (429)
+REASONS = (OVERLOADED, TOO_LARGE, SHUTTING_DOWN, STORE_UNAVAILABLE, CLIENT_LIMIT)
 
 
 class JobEvents:

@@ -22,7 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from service.errors import Overloaded, ShuttingDown, StoreUnavailable, TooManyTasks
+from service.errors import (
+    Overloaded,
+    ShuttingDown,
+    StoreUnavailable,
+    TooManyJobs,
+    TooManyTasks,
+)
 from service.ids import new_id
 from service.jobs import events as ev
 from service.jobs.admission import Admission
@@ -299,7 +305,11 @@ class JobLayer:
             raise ShuttingDown("this worker is shutting down; retry on another")
         count = 1 if items is None else len(items)
         admission = self.admission[spec.pool]
-        self.quota.acquire(owner)
+        try:
+            self.quota.acquire(owner)
+        except TooManyJobs:
+            self.events.rejected(spec.name, ev.CLIENT_LIMIT)
+            raise
         try:
             await admission.acquire(count)
         except BaseException as ex:
