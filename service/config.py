@@ -309,7 +309,7 @@ class Settings:
     )
     # -- security: API keys, per-client limits (host-wide), request limits ------------
     auth: bool = _setting(
-        "AUTH", True, _bool, "require an API key on every route but /healthz and /readyz"
+        "AUTH", True, _bool, "require an API key (not on health checks and /openapi.json)"
     )
     api_keys: tuple[KeyEntry, ...] = _setting(
         "API_KEYS", (), env_entries, "API keys as NAME:sha256:HEX entries, comma-separated"

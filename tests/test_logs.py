@@ -126,6 +126,9 @@ def test_no_secret_reaches_a_log_line_even_at_debug(
 ) -> None:
     """Secrets sent in headers, query, ids, paths and task errors appear in no log line."""
     srv = server_factory(env={"JOBPOOL_LOG_LEVEL": "debug"})
+    # A wrong key is refused (401), and logged as a 401, without the key.
+    wrong = srv.get("/v1/jobs/01m80z4h38adhscx7c6epxp5fx", key=f"tok-{SECRETS[0]}")
+    assert wrong.status == 401
     auth = {
         # A real key (auth is on): the request must pass, and the key must not be logged.
         **bearer(ALICE),
@@ -160,6 +163,7 @@ def test_no_secret_reaches_a_log_line_even_at_debug(
     messages = [d["msg"] for d in docs]
     assert any(m.startswith("Task: Completed for Parcel Bearer") for m in messages)
     assert sum("failed:" in m for m in messages) == len(failing)
+    assert any(d.get("status") == 401 for d in docs)
 
 
 def test_access_log_line_has_route_status_duration_and_ids(server: Server) -> None:

@@ -242,3 +242,24 @@ async def tour_the_other_routes(doc: dict[str, Any], client: testing.ASGIConduct
     check(doc, search, "get", await client.simulate_get(search, params={"q": "jobs"}))
     check(doc, search, "get", await client.simulate_get(search, params={"q": " "}))
     check(doc, search, "get", await client.simulate_get(search, params={"q": "a", "limit": 0}))
+
+
+async def test_auth_answers_match_the_document(make_settings: Callable[..., Settings]) -> None:
+    """Without a key: the open routes answer, the others 401 with WWW-Authenticate, as the
+    document's security says; JOBPOOL_AUTH=off drops the scheme."""
+    settings = make_settings()
+    doc = document(settings)
+    assert doc["security"] == [{"bearer": []}]
+    async with testing.ASGIConductor(create_app(settings)) as anonymous:
+        for path in ("/healthz", "/openapi.json"):
+            assert doc["paths"][path]["get"]["security"] == []
+            check(doc, path, "get", await anonymous.simulate_get(path))
+        refused = await anonymous.simulate_get("/v1/jobs/x")
+        assert refused.status_code == 401
+        check(doc, "/v1/jobs/{job_id}", "get", refused)
+        check(doc, "/metrics", "get", await anonymous.simulate_get("/metrics"))
+    open_doc = document(make_settings(auth=False))
+    assert "security" not in open_doc
+    assert all(op["security"] == [] for item in open_doc["paths"].values() for op in item.values())
+    bound = document(make_settings(metrics_bind="127.0.0.1:9100"))
+    assert bound["paths"]["/metrics"]["get"]["security"] == []

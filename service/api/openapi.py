@@ -583,9 +583,11 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _secure(paths: dict[str, Any]) -> dict[str, Any]:
+def _secure(paths: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Every operation may answer 400 and 414 (request limits); all but the open ones take a
-    bearer key and may answer 401 and 429."""
+    bearer key and may answer 401 and 429 (none with JOBPOOL_AUTH=off; /metrics is open on
+    a listener of its own, as the security middleware has it)."""
+    open_paths = OPEN_PATHS | ({"/metrics"} if settings.metrics_bind else set())
     for path, operations in paths.items():
         for operation in operations.values():
             # Every route: the request limits answer before any route's own checks.
@@ -594,7 +596,7 @@ def _secure(paths: dict[str, Any]) -> dict[str, Any]:
                 "More query parameters than JOBPOOL_QUERY_PARAMS_MAX, or a malformed request."
             ))  # fmt: skip
             responses.setdefault("414", _problem("A URL longer than JOBPOOL_URL_MAX."))
-            if path in OPEN_PATHS:
+            if path in open_paths or not settings.auth:
                 operation["security"] = []
                 continue
             responses = operation["responses"]
@@ -619,8 +621,8 @@ def document(settings: Settings) -> dict[str, Any]:
             "description": "An HTTP job service: endpoints submit jobs to shared pools. "
             "Errors are application/problem+json (RFC 9457).",
         },
-        "paths": _secure(_paths(settings)),
-        "security": [{"bearer": []}],
+        "paths": _secure(_paths(settings), settings),
+        **({"security": [{"bearer": []}]} if settings.auth else {}),
         "components": {
             "securitySchemes": {
                 "bearer": {
