@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -94,11 +95,21 @@ def cpu_split(master: int) -> tuple[float, float]:
     return http, pool
 
 
+@dataclass
+class Split:
+    """Where the CPU went during (b), per image finished."""
+
+    http_ms: float  # gunicorn workers: HTTP, validation, the store
+    pool_ms: float  # the cpu pool's processes
+    client_ms: float  # this benchmark's clients, which share the machine
+    other_ms: float  # everything else on the machine (other programs, the kernel)
+    pool_busy: float  # share of all vCPUs the pool's processes used
+
+
 def through_jobpool(
     data: list[bytes], port: int, seconds: float, clients: int, master: int
-) -> tuple[float, int, list[float], tuple[float, float]]:
-    """Images/s finished through HTTP; refusals; /healthz latencies (ms); CPU ms per image
-    on the HTTP side and in the pool processes."""
+) -> tuple[float, int, list[float], Split]:
+    """Images/s finished through HTTP; refusals; /healthz latencies (ms); where CPU went."""
     url = f"http://127.0.0.1:{port}"
     stop = threading.Event()
     counted = threading.Event()
@@ -138,15 +149,24 @@ def through_jobpool(
     counted.set()
     t0 = time.perf_counter()
     http0, pool0 = cpu_split(master)
+    own0, machine0 = time.process_time(), psutil.cpu_times()
     time.sleep(seconds)
     elapsed = time.perf_counter() - t0
     finished = sum(done)
     http1, pool1 = cpu_split(master)
+    own1, machine1 = time.process_time(), psutil.cpu_times()
     stop.set()
     for t in threads:
         t.join()
     per = max(finished, 1)
-    cpu = ((http1 - http0) / per * 1000, (pool1 - pool0) / per * 1000)
+    busy = sum(machine1) - sum(machine0) - (machine1.idle - machine0.idle)
+    cpu = Split(
+        http_ms=(http1 - http0) / per * 1000,
+        pool_ms=(pool1 - pool0) / per * 1000,
+        client_ms=(own1 - own0) / per * 1000,
+        pool_busy=(pool1 - pool0) / (elapsed * (psutil.cpu_count() or 1)),
+        other_ms=(busy - (http1 - http0) - (pool1 - pool0) - (own1 - own0)) / per * 1000,
+    )
     return finished / elapsed, sum(refused), health, cpu
 
 
@@ -162,7 +182,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="jobpool-cpu-") as tmp:
         proc = start_server(args.port, Path(tmp), vcpus)
         try:
-            pool, refused, health, (http_ms, pool_ms) = through_jobpool(
+            pool, refused, health, cpu = through_jobpool(
                 data, args.port, args.seconds, args.clients, proc.pid
             )
         finally:
@@ -174,7 +194,12 @@ def main() -> None:
     print(f"{'(a) one process, in a loop':<34}{one:>10.2f}   ({cpu_ms:.0f} ms CPU per image)")
     print(f"{'(b) jobpool cpu pool via HTTP':<34}{pool:>10.2f}   "
           f"(CPU_WORKERS={vcpus}, {args.clients} clients, {refused} refused)")  # fmt: skip
-    print(f"{'':<34}{'':>10}   CPU per image: {http_ms:.0f} ms HTTP side + {pool_ms:.0f} ms pool")
+    print(
+        f"{'':<34}{'':>10}   CPU per image: {cpu.http_ms:.0f} ms HTTP side + {cpu.pool_ms:.0f}"
+        f" ms pool; {cpu.client_ms:.0f} ms these clients, {cpu.other_ms:.0f} ms the rest"
+        f" of the machine"
+    )
+    print(f"{'':<34}{'':>10}   the pool's processes kept {cpu.pool_busy:.0%} of all vCPUs busy")
     ratio = pool / one
     print(
         f"ratio b/a: {ratio:.2f}  = {ratio / vcpus:.2f} x {vcpus} vCPUs   (target >= 0.85 x vCPUs)"

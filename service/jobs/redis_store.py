@@ -57,6 +57,13 @@ PURGE_BATCH = 2000
 STALE_CONSUMER_LEASES = 10  # a consumer with nothing pending, idle this many leases, is dropped
 
 
+#: What get() reads of a job's hash: all but its arguments, which only running needs.
+RECORD_FIELDS = (
+    b"name", b"owner", b"state", b"created", b"started", b"finished", b"attempts", b"error",
+    b"items", b"done", b"failed", b"result",
+)  # fmt: skip
+
+
 def _dumps(value: Any) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -84,7 +91,7 @@ def _record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
         finished_at=None if finished is None else float(finished),
         attempts=int(h.get(b"attempts", 0)),
         error=None if error is None else error.decode(),
-        args=pickle.loads(h[b"args"]),
+        args=pickle.loads(h[b"args"]) if b"args" in h else {},
         items=None if items is None else pickle.loads(items),
         done=int(h.get(b"done", 0)),
         failed=int(h.get(b"failed", 0)),
@@ -363,8 +370,11 @@ class RedisStore:
         return None if state is None else JobState(state.decode())
 
     async def get(self, job_id: str) -> JobRecord | None:
-        fields = await self._call("HGETALL", PREFIX + "job:" + job_id)  # redis-py: a dict
-        return _record(job_id, fields) if fields else None
+        values = await self._call("HMGET", PREFIX + "job:" + job_id, *RECORD_FIELDS)
+        if values[0] is None:
+            return None
+        fields = zip(RECORD_FIELDS, values, strict=True)
+        return _record(job_id, {f: v for f, v in fields if v is not None})
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
         job_id, value = await self._call("HMGET", item_key(name, owner, key), "job", "value")

@@ -8,6 +8,11 @@ shard, so ``GET /v1/jobs/{id}`` works whichever worker the request lands on.
 Why commits on the event loop: writes gathered during one loop tick go into one
 transaction; with WAL and ``synchronous=NORMAL`` a commit appends to the WAL without fsync,
 which is short CPU work. The fsyncs happen in checkpoints, which run on a thread.
+
+Why large arguments and results live apart: SQLite rewrites a whole row when any column
+changes. Over ``INLINE_MAX`` bytes a payload is a file (:mod:`service.jobs.payloads`),
+written once, and the job row holds an empty marker in its place; reading a job for the
+API never reads its arguments.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from service.errors import StoreUnavailable
 from service.ids import id_floor
+from service.jobs.payloads import PayloadFiles, PayloadMissing
 from service.jobs.record import BatchProgress, JobRecord
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot
@@ -38,6 +44,10 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_INTERVAL_S = 0.5
 PURGE_BATCH = 2000
+#: Pickled arguments or results larger than this are kept in payload files, not the row.
+INLINE_MAX = 8192
+#: Stands in the job row for a payload file (a pickle is never empty).
+APART = b""
 KEYED_PURGE_EVERY = 12  # janitor rounds between sweeps of the keyed results (a full scan)
 
 SCHEMA = """
@@ -82,9 +92,17 @@ def _dumps(value: Any) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _row(row: tuple[Any, ...]) -> JobRecord:
-    (id_, name, owner, state, created, started, finished, attempts, error, args, items,
-     done, failed, result) = row  # fmt: skip
+def _row(
+    row: tuple[Any, ...], files: PayloadFiles, *, args: bool = True, result: bytes | None = None
+) -> JobRecord:
+    """The record of a ``COLUMNS`` row; ``args=False`` leaves them unread, ``result`` is
+    the result's payload when the caller read it already."""
+    (id_, name, owner, state, created, started, finished, attempts, error, args_blob, items,
+     done, failed, result_blob) = row  # fmt: skip
+    if result_blob == APART:
+        result_blob = result if result is not None else files.get(id_, "result")
+    if args and args_blob == APART:
+        args_blob = files.get(id_, "args")
     return JobRecord(
         id=id_,
         name=name,
@@ -95,11 +113,11 @@ def _row(row: tuple[Any, ...]) -> JobRecord:
         finished_at=finished,
         attempts=attempts,
         error=error,
-        args=pickle.loads(args),
+        args=pickle.loads(args_blob) if args else {},
         items=None if items is None else pickle.loads(items),
         done=done,
         failed=failed,
-        result=None if result is None else pickle.loads(result),
+        result=None if result_blob is None else pickle.loads(result_blob),
     )
 
 
@@ -122,6 +140,7 @@ class SqliteStore:
         self.max_bytes = max_bytes
         self.result_ttl_s = result_ttl_s
         self.result_max = result_max
+        self.files = PayloadFiles(directory / "payloads")
         self.slot = -1
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
@@ -142,6 +161,7 @@ class SqliteStore:
         self._loop = asyncio.get_running_loop()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self.files.open()
             shard, fd = self._claim()
             conn = _connect(self._path(shard))
             conn.execute("PRAGMA journal_mode = WAL")
@@ -174,7 +194,8 @@ class SqliteStore:
             conn.close()
         self._readers.clear()
         if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self.files.sync()
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
             self._conn = None
@@ -187,8 +208,9 @@ class SqliteStore:
         try:
             while not self._stop_checkpoints.wait(CHECKPOINT_INTERVAL_S):
                 try:
+                    self.files.sync()  # before their rows reach the database file
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as ex:
+                except (sqlite3.Error, OSError) as ex:
                     log.warning("checkpoint failed: %s", ex)
         finally:
             conn.close()
@@ -237,9 +259,13 @@ class SqliteStore:
 
     async def add(self, record: JobRecord) -> JobState:
         items = None if record.items is None else _dumps(record.items)
+        args = _dumps(record.args)
+        if len(args) > INLINE_MAX:
+            await self._put_file(record.id, "args", args)
+            args = APART
         params = (
             record.id, record.name, record.owner, record.state.value, record.created_at,
-            record.started_at, record.attempts, _dumps(record.args), items,
+            record.started_at, record.attempts, args, items,
         )  # fmt: skip
 
         def op(conn: sqlite3.Connection) -> None:
@@ -292,20 +318,38 @@ class SqliteStore:
         progress: BatchProgress | None = None,
     ) -> None:
         blob, state, error = capped_result(result, state, error, limit=self.result_max)
+        apart = blob is not None and len(blob) > INLINE_MAX
+        if apart:
+            assert blob is not None
+            await self._put_file(record.id, "result", blob)
+            blob = APART
         write_items = _progress_writer(record, progress) if progress else None
         done, failed = (progress.done, progress.failed) if progress else (None, None)
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> bool | None:
             if write_items is not None:
                 write_items(conn)
-            conn.execute(
+            ended = conn.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?,"
                 " done = coalesce(?, done), failed = coalesce(?, failed)"
-                " WHERE id = ? AND state IN ('running', 'queued')",
-                (state.value, now, error, blob, done, failed, record.id),
-            )
+                " WHERE id = ? AND state IN ('running', 'queued') RETURNING args = ?",
+                (state.value, now, error, blob, done, failed, record.id, APART),
+            ).fetchone()
+            return None if ended is None else bool(ended[0])
 
-        await self._write(op)
+        args_apart: bool | None = await self._write(op)
+        if args_apart is None:
+            drop = ["result"] if apart else []  # the job was final already: not ours to end
+        else:
+            drop = ["args"] if args_apart else []  # a final job never runs again
+        if drop:
+            await asyncio.to_thread(self.files.drop, [record.id], drop)
+
+    async def _put_file(self, job_id: str, kind: str, blob: bytes) -> None:
+        try:
+            await asyncio.to_thread(self.files.put, job_id, kind, blob)
+        except OSError as ex:
+            raise StoreUnavailable(f"the job store cannot write: {ex}") from ex
 
     async def requeue(self, job_id: str, *, error: str | None) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -334,7 +378,13 @@ class SqliteStore:
         for conn in self._search_order():
             row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None:
-                return _row(row)
+                result = None
+                if row[-1] == APART:
+                    try:
+                        result = await asyncio.to_thread(self.files.get, job_id, "result")
+                    except PayloadMissing as ex:
+                        raise StoreUnavailable(str(ex)) from ex
+                return _row(row, self.files, args=False, result=result)
         return None
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
@@ -353,7 +403,7 @@ class SqliteStore:
     async def unfinished(self) -> list[JobRecord]:
         def op(conn: sqlite3.Connection) -> list[JobRecord]:
             _interrupt(conn)
-            return [_row(r) for r in conn.execute(UNFINISHED_SQL).fetchall()]
+            return _runnable(conn, conn.execute(UNFINISHED_SQL).fetchall(), self.files)
 
         records: list[JobRecord] = await self._write(op)
         return records
@@ -363,7 +413,7 @@ class SqliteStore:
         adopted: list[JobRecord] = []
         for path in sorted(self.directory.glob("jobs-*.db")):
             if path != own:
-                adopted.extend(await asyncio.to_thread(_adopt, path, own))
+                adopted.extend(await asyncio.to_thread(_adopt, path, own, self.files))
         return adopted
 
     async def purge(self, now: float) -> int:
@@ -372,21 +422,28 @@ class SqliteStore:
         cutoff = now - self.result_ttl_s
         floor = id_floor(cutoff)
 
-        def op(conn: sqlite3.Connection) -> int:
-            ids = conn.execute(
-                "SELECT id FROM jobs WHERE id < ? AND finished_at < ? LIMIT ?",
-                (floor, cutoff, PURGE_BATCH),
+        def op(conn: sqlite3.Connection) -> list[tuple[str, bool, bool]]:
+            rows = conn.execute(
+                "SELECT id, args = ?1, result = ?1 FROM jobs WHERE id < ?2 AND finished_at < ?3"
+                " LIMIT ?4",
+                (APART, floor, cutoff, PURGE_BATCH),
             ).fetchall()
-            conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
-            return len(ids)
+            conn.executemany("DELETE FROM jobs WHERE id = ?", [(r[0],) for r in rows])
+            return rows
 
-        purged: int = await self._write(op)
+        rows: list[tuple[str, bool, bool]] = await self._write(op)
+        with_files = [r for r in rows if r[1] or r[2]]
+        if with_files:
+            await asyncio.to_thread(self.files.drop, [r[0] for r in with_files])
         if self._purges % KEYED_PURGE_EVERY == 0:
             await self._write(
                 lambda conn: conn.execute("DELETE FROM keyed WHERE job_id < ?", (floor,)).rowcount
             )
+            # Files no row points at: written for a submit whose commit failed.
+            shards = sorted(self.directory.glob("jobs-*.db"))
+            await asyncio.to_thread(_sweep, self.files, shards, floor)
         self._purges += 1
-        return purged
+        return len(rows)
 
     async def ping(self) -> None:
         if self._conn is None:
@@ -481,7 +538,42 @@ def _cancel_in_file(path: Path, job_id: str, now: float) -> JobState | None:
         conn.close()
 
 
-def _adopt(path: Path, own: Path) -> list[JobRecord]:
+def _runnable(
+    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], files: PayloadFiles
+) -> list[JobRecord]:
+    """The records of unfinished rows; a job whose arguments file is gone fails here."""
+    records = []
+    for row in rows:
+        try:
+            records.append(_row(row, files))
+        except PayloadMissing as ex:
+            conn.execute(
+                "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                (time.time(), str(ex), row[0]),
+            )
+    return records
+
+
+def _sweep(files: PayloadFiles, shards: list[Path], floor: str) -> int:
+    """Delete payload files older than ``floor`` that no shard's job row points at."""
+    conns = [_connect(path) for path in shards]
+
+    def has_row(job_id: str) -> bool:
+        try:
+            return any(
+                c.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() for c in conns
+            )
+        except sqlite3.Error:
+            return True  # cannot tell: keep the file
+
+    try:
+        return files.sweep(floor, has_row)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def _adopt(path: Path, own: Path, files: PayloadFiles) -> list[JobRecord]:
     """Move the unfinished jobs of an unclaimed shard into ours (runs on a thread)."""
     lock_path = path.with_suffix(".lock")
     try:
@@ -511,6 +603,7 @@ def _adopt(path: Path, own: Path) -> list[JobRecord]:
                     f"INSERT OR IGNORE INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * 14)})",
                     rows,
                 )
+                records = _runnable(mine, rows, files)
                 mine.execute("COMMIT")
             finally:
                 mine.close()
@@ -518,7 +611,7 @@ def _adopt(path: Path, own: Path) -> list[JobRecord]:
             orphan.executemany("DELETE FROM jobs WHERE id = ?", ids)
             orphan.execute("COMMIT")
             log.warning("adopted %d unfinished jobs from %s", len(rows), path.name)
-            return [_row(r) for r in rows]
+            return records
         finally:
             orphan.close()
     finally:

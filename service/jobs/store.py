@@ -80,7 +80,8 @@ class Store(Protocol):
     async def cancel(self, job_id: str, now: float) -> JobState | None:
         """queued → cancelled; return the state after the attempt (None: no such job)."""
 
-    async def get(self, job_id: str) -> JobRecord | None: ...
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job as the API shows it: everything but its arguments (left empty)."""
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
         """The newest successful item result of job ``name`` with ``key`` for ``owner``."""

@@ -1,0 +1,106 @@
+"""Large job arguments and results of the SQLite store, kept as files beside its shards.
+
+Why files: SQLite rewrites a whole row when any column of it changes, and writes every page
+to the WAL and again to the database at the checkpoint, two syscalls a page. An uploaded
+image kept in its job's row cost the HTTP side of an image job more CPU than anything else
+(measured with bench.cpu_scaling: 32 ms of server CPU per image with payloads in the row,
+17 ms in a table of their own, written once). A file is one write.
+
+Durability matches the database's: with ``synchronous=NORMAL`` a commit is safe from a
+crash of the process and becomes safe from a power cut at the next checkpoint. A file is
+written before the row that points at it is committed (a crash in between leaves a file
+without a row, swept when it is old), and the checkpointer calls :meth:`PayloadFiles.sync`
+before each checkpoint, so a row on disk never points at a file that is not.
+
+One directory for all shards of a host: a job adopted from a dead worker's shard keeps its
+files where they are. A file is named by its job's id, and ids sort by creation time,
+which is how old files are found without a look-up table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from service.ids import ID_LENGTH
+
+KINDS = ("args", "result")
+
+
+class PayloadMissing(Exception):
+    """A row points at a payload file that is not there (lost in a power cut)."""
+
+
+class PayloadFiles:
+    """The payload files under ``directory``; methods are safe to call from threads."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._unsynced: list[Path] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, job_id: str, kind: str) -> Path:
+        return self.directory / f"{job_id}.{kind}"
+
+    def put(self, job_id: str, kind: str, data: bytes) -> None:
+        path = self.path(job_id, kind)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._unsynced.append(path)
+
+    def get(self, job_id: str, kind: str) -> bytes:
+        try:
+            return self.path(job_id, kind).read_bytes()
+        except FileNotFoundError:
+            raise PayloadMissing(f"the {kind} of job {job_id} are missing") from None
+
+    def drop(self, job_ids: Iterable[str], kinds: Iterable[str] = KINDS) -> None:
+        for job_id in job_ids:
+            for kind in kinds:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path(job_id, kind).unlink()
+
+    def sync(self) -> None:
+        """Make the files written so far durable (before a checkpoint makes their rows so)."""
+        with self._lock:
+            paths, self._unsynced = self._unsynced, []
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # already dropped
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if paths:
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the new names
+            finally:
+                os.close(fd)
+
+    def sweep(self, before_id: str, kept: Callable[[str], bool]) -> int:
+        """Delete files of jobs made before ``before_id`` that ``kept`` says are gone."""
+        removed = 0
+        for entry in os.scandir(self.directory):
+            job_id, _, kind = entry.name.partition(".")
+            if len(job_id) != ID_LENGTH or kind not in KINDS or job_id >= before_id:
+                continue
+            if not kept(job_id):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                removed += 1
+        return removed
