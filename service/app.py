@@ -111,12 +111,13 @@ class Service:
 
     def _cpu_pool(self, slot: int) -> CpuPool:
         s = self.settings
-        processes = s.cpu_processes_for(slot)
-        log.info("worker slot %d: %d cpu processes", slot, processes)
+        share = s.cpu_processes_for(slot)
+        log.info("worker slot %d: %d cpu processes, up to %d", slot, share, s.cpu_workers)
         return CpuPool(
-            processes=processes,
+            processes=max(share, s.cpu_workers),
+            keep=share,
             nice=s.cpu_nice,
-            tokens=HostTokens(s.state_dir / "cpu-tokens", s.cpu_workers),
+            tokens=HostTokens(s.state_dir / "cpu-tokens", s.cpu_workers, slot=slot, share=share),
             preload=CPU_PRELOAD,
             log_level=s.log_level,
         )

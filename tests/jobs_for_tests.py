@@ -103,6 +103,16 @@ def cpu_where(seconds: float = 0.0) -> dict[str, Any]:
     return {"state_dir": os.environ.get("JOBPOOL_STATE_DIR"), "pid": os.getpid()}
 
 
+@job("test.cpu_span", pool="cpu", timeout=60)
+def cpu_span(seconds: float) -> dict[str, float]:
+    """Spin; answer when (wall clock) and under which forkserver (so which worker) it ran."""
+    began = time.time()
+    deadline = time.process_time() + seconds
+    while time.process_time() < deadline:
+        pass
+    return {"began": began, "ended": time.time(), "pid": os.getpid(), "ppid": os.getppid()}
+
+
 @job("test.span", pool="io", timeout=30)
 def span(seconds: float = 0.0) -> dict[str, float]:
     """Sleep; answer when the run began and ended (wall clock), to see what ran beside it."""

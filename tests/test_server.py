@@ -108,6 +108,25 @@ def test_cpu_jobs_run_niced_in_another_process(server: Server) -> None:
     assert result["nice"] >= 10
 
 
+def test_one_worker_uses_the_hosts_whole_cpu_budget(server_factory: Callable[..., Server]) -> None:
+    """Jobs that all reach one worker (one kept-alive connection, as from a load balancer)
+    run on as many processes at once as the host has cpu workers, and never on more."""
+    srv = server_factory(workers=2, env={"JOBPOOL_CPU_WORKERS": "2"})
+    ids = [srv.post("/test/jobs/test.cpu_span", json={"seconds": 0.4}).json()["job"]
+           for _ in range(6)]  # fmt: skip
+    runs = [srv.wait_final(i, timeout=60) for i in ids]
+    assert {r["state"] for r in runs} == {"succeeded"}
+    results = [srv.get(f"/v1/jobs/{i}/result").json() for i in ids]
+    assert len({r["ppid"] for r in results}) == 1  # one worker's forkserver ran them all
+    assert len({r["pid"] for r in results}) == 2
+    edges = sorted([(r["began"], 1) for r in results] + [(r["ended"], -1) for r in results])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    assert most == 2
+
+
 def test_cancel_over_http(server_factory: Callable[..., Server]) -> None:
     """DELETE cancels a queued job (again: same answer); a finished job answers 409."""
     srv = server_factory(workers=1, env={"JOBPOOL_IO_THREADS": "1"})

@@ -4,12 +4,19 @@ Each slot is a one-process ``ProcessPoolExecutor`` (forkserver context: never ``
 a threaded worker). One process per slot is what lets a timeout kill exactly the process
 that runs the late job, and lets a crash fail exactly the job that caused it; the other
 slots keep running.
+
+A job first takes a host token (:mod:`service.jobs.tokens`), then the lowest free slot.
+A worker has as many slots as the host has tokens, so it can run borrowed tokens' jobs
+too; its share of slots is started at once and kept, and a process on a slot past the
+share stops after ``SPARE_IDLE_S`` without work, so borrowing costs memory only while
+the load is uneven.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import heapq
 import logging
 import multiprocessing
 import os
@@ -25,6 +32,8 @@ from service.jobs.tokens import HostTokens
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+#: Seconds a process started for a borrowed token waits for work before it stops.
+SPARE_IDLE_S = 30.0
 
 
 class TaskTimeout(Exception):
@@ -54,7 +63,8 @@ def _warm() -> int:
 
 
 class CpuPool:
-    """``await pool.run(fn, args, kwargs, timeout_s)`` on one of ``processes`` slots."""
+    """``await pool.run(fn, args, kwargs, timeout_s)`` on one of ``processes`` slots, of
+    which the first ``keep`` (default: all) keep their process when idle."""
 
     kind = "cpu"
 
@@ -64,10 +74,14 @@ class CpuPool:
         processes: int,
         nice: int,
         tokens: HostTokens,
+        keep: int | None = None,
         preload: tuple[str, ...] = (),
         log_level: str = "info",
+        spare_idle_s: float = SPARE_IDLE_S,
     ) -> None:
         self.processes = processes
+        self.keep = processes if keep is None else min(keep, processes)
+        self.spare_idle_s = spare_idle_s
         self.nice = nice
         self.log_level = log_level
         self.busy = 0
@@ -76,9 +90,9 @@ class CpuPool:
         if preload:
             self._context.set_forkserver_preload(list(preload))
         self._slots: list[ProcessPoolExecutor | None] = [None] * processes
-        self._idle: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(processes):
-            self._idle.put_nowait(i)
+        self._room = asyncio.Semaphore(processes)
+        self._free = list(range(processes))  # a heap: the lowest free slot is used first
+        self._used = [0] * processes  # runs started per slot, to tell idle spares
         self.restarts = 0
 
     def _executor(self, slot: int) -> ProcessPoolExecutor:
@@ -94,12 +108,12 @@ class CpuPool:
         return executor
 
     async def warm(self) -> None:
-        """Start every slot's process now, so the first jobs do not pay for it."""
+        """Start the kept slots' processes now, so the first jobs do not pay for it."""
         loop = asyncio.get_running_loop()
         await asyncio.gather(
             *(
                 asyncio.wrap_future(self._executor(i).submit(_warm), loop=loop)
-                for i in range(self.processes)
+                for i in range(self.keep)
             ),
             return_exceptions=True,
         )
@@ -111,10 +125,11 @@ class CpuPool:
         kwargs: dict[str, Any],
         timeout_s: float,
     ) -> Any:
-        slot = await self._idle.get()
-        self.busy += 1
-        try:
-            async with self._tokens.hold():
+        async with self._room, self._tokens.hold():
+            slot = heapq.heappop(self._free)
+            self.busy += 1
+            self._used[slot] += 1
+            try:
                 future = self._executor(slot).submit(fn, *args, **kwargs)
                 try:
                     return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
@@ -130,9 +145,21 @@ class CpuPool:
                     # The caller gave up (shutdown): do not leave the job running unowned.
                     self._replace(slot, kill=True)
                     raise
-        finally:
-            self.busy -= 1
-            self._idle.put_nowait(slot)
+            finally:
+                self.busy -= 1
+                heapq.heappush(self._free, slot)
+                if slot >= self.keep:
+                    asyncio.get_running_loop().call_later(
+                        self.spare_idle_s, self._retire, slot, self._used[slot]
+                    )
+
+    def _retire(self, slot: int, runs: int) -> None:
+        """Stop a spare slot's process if it ran nothing since ``runs`` and is free."""
+        executor = self._slots[slot]
+        if executor is None or self._used[slot] != runs or slot not in self._free:
+            return
+        self._slots[slot] = None
+        executor.shutdown(wait=False, cancel_futures=True)
 
     def _replace(self, slot: int, *, kill: bool) -> None:
         executor = self._slots[slot]
