@@ -1,19 +1,22 @@
-"""What only the SQLite store does: orphan shards, a write the file refuses.
+"""What only the SQLite store does: orphan shards, a write the file refuses, its files.
 
 The behaviour both stores share is tested on both in test_store.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pickle
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from service.errors import StoreUnavailable
 from service.ids import new_id
-from service.jobs.record import JobRecord
-from service.jobs.sqlite_store import SqliteStore
+from service.jobs.record import BatchProgress, ItemRef, JobRecord
+from service.jobs.sqlite_store import SCHEMA, SqliteStore, item_key
 from service.jobs.state import JobState
 
 
@@ -137,4 +140,91 @@ async def test_an_adopted_job_keeps_its_large_arguments(tmp_path: Path) -> None:
     (adopted,) = await a.adopt_orphans()
     assert adopted.args == job.args
     assert [r.args for r in await a.unfinished()] == [job.args]
+    await a.close()
+
+
+async def test_an_item_kept_as_itself_reads_after_its_job_moved(tmp_path: Path) -> None:
+    """An ItemRef stores the item's index, no second copy; the key still reads the job's
+    item after the unfinished job moved to another shard."""
+    items = [{"id": "p0", "data": "zero"}, {"id": "p1", "data": "one"}]
+    a, b = store(tmp_path), store(tmp_path)
+    await a.open()
+    await b.open()
+    job = record("parcel", items=items, state=JobState.RUNNING)
+    await a.add(job)
+    await a.progress(job, BatchProgress(1, 0, [("p1", ItemRef(1))]))
+    assert a._conn is not None
+    assert a._conn.execute("SELECT value FROM item_results").fetchall() == [(1,)]
+    assert await b.get_item("parcel", "alice", "p1") == items[1]
+    await a.close()  # the job is still running: b adopts it, and the item still reads
+    assert [r.id for r in await b.adopt_orphans()] == [job.id]
+    assert await b.get_item("parcel", "alice", "p1") == items[1]
+    await b.finish(job, JobState.SUCCEEDED, 9.0, error=None,
+                   progress=BatchProgress(2, 0, [("p0", ItemRef(0))]))  # fmt: skip
+    assert await b.get_item("parcel", "alice", "p0") == items[0]
+    await b.close()
+
+
+async def test_a_file_from_before_item_results_is_migrated(tmp_path: Path) -> None:
+    """A shard whose item results are in the old keyed table opens with them moved over,
+    and reads through another store before that (its worker has not opened it yet)."""
+    path = tmp_path / "jobs-1.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        SCHEMA.split("CREATE TABLE IF NOT EXISTS item_results")[0]
+        + "CREATE TABLE keyed (name TEXT NOT NULL, owner TEXT NOT NULL, key TEXT NOT NULL,"
+        " job_id TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (name, owner, key))"
+        " WITHOUT ROWID;"
+    )
+    job = record("parcel", items=["x"])
+    old.execute(
+        "INSERT INTO keyed (name, owner, key, job_id, value) VALUES (?, ?, ?, ?, ?)",
+        ("parcel", "alice", "old", job.id, pickle.dumps({"v": "old"})),
+    )
+    old.commit()
+    old.close()
+    a = store(tmp_path)
+    await a.open()  # shard 0; shard 1 is the old file
+    assert await a.get_item("parcel", "alice", "old") == {"v": "old"}
+    b = store(tmp_path)
+    await b.open()  # claims the old file: its results move to the new table
+    assert b.slot == 1
+    assert b._conn is not None
+    assert b._conn.execute("SELECT name FROM sqlite_master WHERE name = 'keyed'").fetchall() == []
+    assert await a.get_item("parcel", "alice", "old") == {"v": "old"}
+    assert await b.get_item("parcel", "alice", "old") == {"v": "old"}
+    assert await b.get_item("parcel", "bob", "old") is None
+    await b.add(job)
+    await b.progress(job, BatchProgress(1, 0, [("new", ItemRef(0))]))
+    assert await a.get_item("parcel", "alice", "new") == "x"
+    await a.close()
+    await b.close()
+
+
+def test_item_keys_are_distinct_whatever_the_names_hold() -> None:
+    """(name, owner, key) to one text key is one to one, separators in the parts or not."""
+    parts = ["", "a", "1:a", "a1:", "9:anonymous", ":", "\x00"]
+    keys = {(n, o, k): item_key(n, o, k) for n in parts for o in parts for k in parts}
+    assert len(set(keys.values())) == len(keys)
+
+
+async def test_a_failed_write_fails_every_write_of_its_transaction(tmp_path: Path) -> None:
+    """Adds and ends grouped in one transaction all raise when it cannot commit."""
+    a = store(tmp_path)
+    await a.open()
+    running = record()
+    await a.add(running)
+    assert a._conn is not None
+    a._conn.execute("PRAGMA query_only = ON")
+    outcomes = await asyncio.gather(
+        a.add(record()),
+        a.add(record()),
+        a.finish(running, JobState.SUCCEEDED, 2.0, result=1, error=None),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    a._conn.execute("PRAGMA query_only = OFF")
+    got = await a.get(running.id)
+    assert got is not None
+    assert got.state is JobState.QUEUED
     await a.close()

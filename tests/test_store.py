@@ -19,7 +19,7 @@ import pytest
 from service.config import StoreUrl
 from service.errors import StoreUnavailable
 from service.ids import new_id
-from service.jobs.record import BatchProgress, JobRecord
+from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
 from service.jobs.redis_store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.sqlite_store import SqliteStore
@@ -311,6 +311,48 @@ async def test_item_keys_cannot_collide_across_owners(backend: Backend) -> None:
     await a.close()
 
 
+async def test_jobs_end_together_in_one_write(backend: Backend) -> None:
+    """finish_many ends several jobs at once, each with its own state, result and items."""
+    a = await backend.opened()
+    ok = record("parcel", items=[1, 2], state=JobState.RUNNING)
+    bad = record("parcel", items=[3], state=JobState.RUNNING)
+    for job in (ok, bad):
+        assert await a.add(job) is JobState.RUNNING
+    await a.finish_many(
+        [
+            JobEnd(ok, JobState.SUCCEEDED, {"done": 2}, None, BatchProgress(2, 0, [("k1", 1)])),
+            JobEnd(bad, JobState.FAILED, None, "ValueError: no", BatchProgress(0, 1, [])),
+        ],
+        5.0,
+    )
+    got_ok, got_bad = await a.get(ok.id), await a.get(bad.id)
+    assert got_ok is not None
+    assert got_bad is not None
+    assert (got_ok.state, got_ok.result, got_ok.done, got_ok.finished_at) == (
+        JobState.SUCCEEDED, {"done": 2}, 2, 5.0,
+    )  # fmt: skip
+    assert (got_bad.state, got_bad.error, got_bad.failed) == (
+        JobState.FAILED, "ValueError: no", 1,
+    )  # fmt: skip
+    assert await a.get_item("parcel", "alice", "k1") == 1
+    await a.close()
+
+
+async def test_an_item_kept_as_itself_reads_back_as_the_item(backend: Backend) -> None:
+    """An item result given as ItemRef(i) is the job's own item i, read back as such."""
+    items = [{"id": "p0", "data": "zero"}, {"id": "p1", "data": "one"}]
+    a = await backend.opened()
+    job = record("parcel", items=items, state=JobState.RUNNING)
+    await a.add(job)
+    await a.progress(job, BatchProgress(1, 0, [("p1", ItemRef(1))]))
+    assert await a.get_item("parcel", "alice", "p1") == items[1]
+    await a.finish(job, JobState.SUCCEEDED, 9.0, error=None,
+                   progress=BatchProgress(2, 0, [("p0", ItemRef(0))]))  # fmt: skip
+    assert await a.get_item("parcel", "alice", "p0") == items[0]
+    assert await a.get_item("parcel", "bob", "p0") is None
+    await a.close()
+
+
 async def test_finished_jobs_expire_after_the_ttl(backend: Backend) -> None:
     """purge deletes jobs finished longer ago than the TTL, and only those."""
     a = await backend.opened(ttl=100)
@@ -329,7 +371,7 @@ async def test_finished_jobs_expire_after_the_ttl(backend: Backend) -> None:
 async def count_items(store: Store) -> int:
     if isinstance(store, SqliteStore):
         assert store._conn is not None
-        (n,) = store._conn.execute("SELECT count(*) FROM keyed").fetchone()
+        (n,) = store._conn.execute("SELECT count(*) FROM item_results").fetchone()
         return int(n)
     assert isinstance(store, RedisStore)
     assert store._client is not None

@@ -64,14 +64,15 @@ def _iso(ts: float | None) -> str | None:
     )
 
 
-@dataclass(frozen=True)
-class ItemOutcome:
-    """The result of one item of a batch: ``key`` names it for later look-up."""
+@dataclass(frozen=True, slots=True)
+class ItemRef:
+    """A keyed item result that is the batch's own item number ``index``, unchanged.
+
+    The item is already stored with its job, so a store keeps only this reference (no second
+    copy of the value); reading the key resolves it to the job's item.
+    """
 
     index: int
-    key: str | None
-    ok: bool
-    value: Any
 
 
 @dataclass(frozen=True)
@@ -80,5 +81,17 @@ class BatchProgress:
 
     done: int
     failed: int
-    #: (key, value) of the items that succeeded and have a key, to store for look-up.
+    #: (key, value) of the items that succeeded and have a key, to store for look-up; a
+    #: value may be an :class:`ItemRef` to the job's own item.
     keyed: list[tuple[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """One job reaching a final state: what :meth:`Store.finish_many` writes for it."""
+
+    record: JobRecord
+    state: JobState
+    result: Any = None
+    error: str | None = None
+    progress: BatchProgress | None = None

@@ -40,7 +40,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from service.config import StoreUrl
 from service.errors import Overloaded, StoreUnavailable
 from service.ids import id_floor, id_time
-from service.jobs.record import BatchProgress, JobRecord
+from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
 from service.jobs.redis_lua import PRELUDE, SCRIPTS
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot, host_id
@@ -348,6 +348,17 @@ class RedisStore:
             # runs out and the job runs again elsewhere.
             self._held.pop(record.id, None)
 
+    async def finish_many(self, ends: Sequence[JobEnd], now: float) -> None:
+        # Each end is its own script call; the calls of one tick go out in one pipeline.
+        calls = [
+            self.finish(e.record, e.state, now, result=e.result, error=e.error, progress=e.progress)
+            for e in ends
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     def _items_expire(self, record: JobRecord) -> int:
         """When the item results of ``record`` expire (Unix ms): the TTL after its id's time."""
         return int(id_time(record.id) * 1000 + self.result_ttl_s * 1000)
@@ -356,6 +367,9 @@ class RedisStore:
         keyed = progress.keyed if progress else []
         out: list[Any] = [len(keyed)]
         for key, value in keyed:
+            if type(value) is ItemRef:  # the job's own item: Redis keeps a copy per key
+                assert record.items is not None
+                value = record.items[value.index]
             out += [item_key(record.name, record.owner, key), _dumps(value)]
         return out
 

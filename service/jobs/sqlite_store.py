@@ -7,7 +7,9 @@ shard, so ``GET /v1/jobs/{id}`` works whichever worker the request lands on.
 
 Why commits on the event loop: writes gathered during one loop tick go into one
 transaction; with WAL and ``synchronous=NORMAL`` a commit appends to the WAL without fsync,
-which is short CPU work. The fsyncs happen in checkpoints, which run on a thread.
+which is short CPU work. The fsyncs happen in checkpoints, which run on a thread. Within
+that transaction the writes of one kind (new jobs, item results, job ends) go in as one
+statement each (``executemany``), and every new job of the tick waits on one shared future.
 
 Why large arguments and results live apart: SQLite rewrites a whole row when any column
 changes. Over ``INLINE_MAX`` bytes a payload is a file (:mod:`service.jobs.payloads`),
@@ -26,14 +28,14 @@ import pickle
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from service.errors import StoreUnavailable
 from service.ids import id_floor
 from service.jobs.payloads import PayloadFiles, PayloadMissing
-from service.jobs.record import BatchProgress, JobRecord
+from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot
 from service.jobs.state import JobState
@@ -48,7 +50,7 @@ PURGE_BATCH = 2000
 INLINE_MAX = 8192
 #: Stands in the job row for a payload file (a pickle is never empty).
 APART = b""
-KEYED_PURGE_EVERY = 12  # janitor rounds between sweeps of the keyed results (a full scan)
+KEYED_PURGE_EVERY = 12  # janitor rounds between sweeps of the item results (a full scan)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -67,17 +69,41 @@ CREATE TABLE IF NOT EXISTS jobs (
     failed INTEGER NOT NULL DEFAULT 0,
     result BLOB
 ) WITHOUT ROWID;
--- Results of batch items that have a key (a parcel's id), newest first by job id. Only
--- the primary key: every index is one more B-tree written on each commit.
-CREATE TABLE IF NOT EXISTS keyed (
-    name TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    key TEXT NOT NULL,
+-- Results of batch items that have a key (a parcel's id), newest job first. A row is
+-- written for every such item, so it is kept small: one text key (job name, owner and the
+-- item's key: see item_key()) and two columns. ``value`` is the pickled result, or, when the
+-- result is the job's own item unchanged (a parcel is stored as it was sent), the item's
+-- index in ``jobs.items`` as an integer: the item is not stored twice. Only the primary
+-- key: every index is one more B-tree written on each commit.
+CREATE TABLE IF NOT EXISTS item_results (
+    k TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (name, owner, key)
+    value BLOB NOT NULL
 ) WITHOUT ROWID;
 """
+#: Earlier files kept item results in ``keyed`` (name, owner, key, job_id, value): their
+#: worker moves them over when it opens the file.
+MIGRATE_KEYED = (
+    "INSERT OR IGNORE INTO item_results (k, job_id, value)"
+    " SELECT length(name) || ':' || name || length(owner) || ':' || owner || key, job_id, value"
+    " FROM keyed",
+    "DROP TABLE keyed",
+)
+
+INSERT_JOB = (
+    "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts, args, items)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPSERT_ITEM = (
+    "INSERT INTO item_results (k, job_id, value) VALUES (?, ?, ?)"
+    " ON CONFLICT DO UPDATE SET job_id = excluded.job_id, value = excluded.value"
+    " WHERE excluded.job_id >= item_results.job_id"
+)
+END_JOB = (
+    "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?,"
+    " done = coalesce(?, done), failed = coalesce(?, failed)"
+    " WHERE id = ? AND state IN ('running', 'queued')"
+)
 
 COLUMNS = (
     "id, name, owner, state, created_at, started_at, finished_at, attempts, error, "
@@ -141,11 +167,20 @@ class SqliteStore:
         self.result_ttl_s = result_ttl_s
         self.result_max = result_max
         self.files = PayloadFiles(directory / "payloads")
+        #: Jobs of this worker with their arguments in a file, to drop when they end.
+        self._args_apart: set[str] = set()
         self.slot = -1
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
         self._readers: dict[Path, sqlite3.Connection] = {}
+        # What the next transaction writes, in this order: new jobs, other writes (each with
+        # its own future, in the order they came), item results, job ends.
+        self._adds: list[tuple[Any, ...]] = []
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._keyed: list[tuple[Any, ...]] = []
+        self._ends: list[tuple[Any, ...]] = []
+        #: Resolved when the next transaction commits: every add and end of it waits on it.
+        self._commit: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_checkpoints = threading.Event()
@@ -168,6 +203,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run on a thread
             conn.executescript(SCHEMA)
+            _migrate(conn)
             if self.max_bytes:
                 # Past it a write fails as on a full disk: 503, never a 202 unstored.
                 page = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -185,7 +221,7 @@ class SqliteStore:
         return claim_slot(self.directory, "jobs-{}.lock")
 
     async def close(self) -> None:
-        if self._pending:
+        if self._flush_scheduled:
             self._flush()
         self._stop_checkpoints.set()
         if self._checkpointer is not None:
@@ -217,20 +253,39 @@ class SqliteStore:
 
     # -- grouped writes ---------------------------------------------------------------
 
-    def _write(self, op: Op) -> asyncio.Future[Any]:
+    def _schedule(self) -> None:
         if self._conn is None or self._loop is None:
             raise StoreUnavailable("the job store is closed")
-        future = self._loop.create_future()
-        self._pending.append((op, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def _write(self, op: Op) -> asyncio.Future[Any]:
+        """Run ``op`` in the next transaction; the future gets its return value."""
+        self._schedule()
+        assert self._loop is not None
+        future = self._loop.create_future()
+        self._pending.append((op, future))
+        return future
+
+    def _committed(self) -> asyncio.Future[None]:
+        """The future of the next transaction's commit (shared by all its adds and ends)."""
+        self._schedule()
+        future = self._commit
+        if future is None:
+            assert self._loop is not None
+            future = self._commit = self._loop.create_future()
         return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        ops, self._pending = self._pending, []
-        if not ops:
+        adds, ops, keyed, ends, commit = (
+            self._adds, self._pending, self._keyed, self._ends, self._commit
+        )  # fmt: skip
+        self._adds, self._pending, self._keyed, self._ends, self._commit = [], [], [], [], None
+        if not (adds or ops or keyed or ends):
+            if commit is not None and not commit.done():
+                commit.set_result(None)
             return
         conn = self._conn
         results: list[Any] = []
@@ -239,7 +294,13 @@ class SqliteStore:
                 raise sqlite3.OperationalError("the job store is closed")
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if adds:
+                    conn.executemany(INSERT_JOB, adds)
                 results = [op(conn) for op, _ in ops]
+                if keyed:
+                    conn.executemany(UPSERT_ITEM, keyed)
+                if ends:
+                    conn.executemany(END_JOB, ends)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -247,10 +308,15 @@ class SqliteStore:
         except sqlite3.Error as ex:
             log.error("job store write failed: %s", ex)
             error = StoreUnavailable(f"the job store cannot write: {ex}")
+            if commit is not None and not commit.done():
+                commit.set_exception(error)
+                commit.exception()  # retrieved: a tick with no waiter left logs nothing
             for _, future in ops:
                 if not future.done():
                     future.set_exception(error)
             return
+        if commit is not None and not commit.done():
+            commit.set_result(None)
         for (_, future), result in zip(ops, results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -263,19 +329,13 @@ class SqliteStore:
         if len(args) > INLINE_MAX:
             await self._put_file(record.id, "args", args)
             args = APART
-        params = (
+            self._args_apart.add(record.id)
+        committed = self._committed()
+        self._adds.append((
             record.id, record.name, record.owner, record.state.value, record.created_at,
             record.started_at, record.attempts, args, items,
-        )  # fmt: skip
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts,"
-                " args, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                params,
-            )
-
-        await self._write(op)
+        ))  # fmt: skip
+        await committed
         return record.state
 
     async def claim(self, room: Mapping[Pool, int], now: float) -> list[JobRecord]:
@@ -296,16 +356,17 @@ class SqliteStore:
         return started
 
     async def progress(self, record: JobRecord, progress: BatchProgress) -> None:
-        write_items = _progress_writer(record, progress)
-
         def op(conn: sqlite3.Connection) -> None:
-            write_items(conn)
             conn.execute(
                 "UPDATE jobs SET done = ?, failed = ? WHERE id = ?",
                 (progress.done, progress.failed, record.id),
             )
 
-        await self._write(op)
+        done = self._write(op)
+        # Item rows go in after the ops of the transaction, in the order they came, so a key
+        # that a batch holds twice ends with its later write, as it would row by row.
+        self._keyed.extend(_keyed_rows(record, progress))
+        await done
 
     async def finish(
         self,
@@ -317,33 +378,31 @@ class SqliteStore:
         error: str | None,
         progress: BatchProgress | None = None,
     ) -> None:
-        blob, state, error = capped_result(result, state, error, limit=self.result_max)
-        apart = blob is not None and len(blob) > INLINE_MAX
-        if apart:
-            assert blob is not None
-            await self._put_file(record.id, "result", blob)
+        await self.finish_many([JobEnd(record, state, result, error, progress)], now)
+
+    async def finish_many(self, ends: Sequence[JobEnd], now: float) -> None:
+        rows = [await self._end_row(end, now) for end in ends]  # result files first
+        committed = self._committed()
+        for end, row in zip(ends, rows, strict=True):
+            if end.progress is not None and end.progress.keyed:
+                self._keyed.extend(_keyed_rows(end.record, end.progress))
+            self._ends.append(row)
+        await committed
+        # A final job never runs again: its large arguments are dead weight.
+        dead = [end.record.id for end in ends if end.record.id in self._args_apart]
+        if dead:
+            self._args_apart.difference_update(dead)
+            await asyncio.to_thread(self.files.drop, dead, ["args"])
+
+    async def _end_row(self, end: JobEnd, now: float) -> tuple[Any, ...]:
+        """The END_JOB parameters of ``end``, its result written to a file if large."""
+        blob, state, error = capped_result(end.result, end.state, end.error, limit=self.result_max)
+        if blob is not None and len(blob) > INLINE_MAX:
+            await self._put_file(end.record.id, "result", blob)
             blob = APART
-        write_items = _progress_writer(record, progress) if progress else None
-        done, failed = (progress.done, progress.failed) if progress else (None, None)
-
-        def op(conn: sqlite3.Connection) -> bool | None:
-            if write_items is not None:
-                write_items(conn)
-            ended = conn.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?,"
-                " done = coalesce(?, done), failed = coalesce(?, failed)"
-                " WHERE id = ? AND state IN ('running', 'queued') RETURNING args = ?",
-                (state.value, now, error, blob, done, failed, record.id, APART),
-            ).fetchone()
-            return None if ended is None else bool(ended[0])
-
-        args_apart: bool | None = await self._write(op)
-        if args_apart is None:
-            drop = ["result"] if apart else []  # the job was final already: not ours to end
-        else:
-            drop = ["args"] if args_apart else []  # a final job never runs again
-        if drop:
-            await asyncio.to_thread(self.files.drop, [record.id], drop)
+        progress = end.progress
+        done, failed = (None, None) if progress is None else (progress.done, progress.failed)
+        return (state.value, now, error, blob, done, failed, end.record.id)
 
     async def _put_file(self, job_id: str, kind: str, blob: bytes) -> None:
         try:
@@ -388,22 +447,43 @@ class SqliteStore:
         return None
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
-        best: tuple[str, bytes] | None = None
+        k = item_key(name, owner, key)
+        best: tuple[str, Any, sqlite3.Connection] | None = None
         for conn in self._search_order():
-            row = conn.execute(
-                "SELECT job_id, value FROM keyed WHERE name = ? AND owner = ? AND key = ?",
-                (name, owner, key),
-            ).fetchone()
+            try:
+                row = conn.execute(
+                    "SELECT job_id, value FROM item_results WHERE k = ?", (k,)
+                ).fetchone()
+            except sqlite3.OperationalError:  # a file its worker has not migrated yet
+                row = conn.execute(
+                    "SELECT job_id, value FROM keyed WHERE name = ? AND owner = ? AND key = ?",
+                    (name, owner, key),
+                ).fetchone()
             if row is not None and (best is None or row[0] > best[0]):
-                best = row
+                best = (row[0], row[1], conn)
         if best is None or best[0] < id_floor(time.time() - self.result_ttl_s):
             return None  # expired, whether or not the janitor has deleted it yet
-        return pickle.loads(best[1])
+        job_id, value, where = best
+        if type(value) is int:
+            return self._own_item(job_id, value, where)
+        return pickle.loads(value)
+
+    def _own_item(self, job_id: str, index: int, first: sqlite3.Connection) -> Any | None:
+        """Item ``index`` of job ``job_id``: in the file of its result row, or (after the job
+        moved to another shard) in any file."""
+        for conn in (first, *self._search_order()):
+            row = conn.execute("SELECT items FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None and row[0] is not None:
+                items = pickle.loads(row[0])
+                return items[index] if 0 <= index < len(items) else None
+        return None
 
     async def unfinished(self) -> list[JobRecord]:
         def op(conn: sqlite3.Connection) -> list[JobRecord]:
             _interrupt(conn)
-            return _runnable(conn, conn.execute(UNFINISHED_SQL).fetchall(), self.files)
+            rows = conn.execute(UNFINISHED_SQL).fetchall()
+            self._args_apart.update(row[0] for row in rows if row[9] == APART)
+            return _runnable(conn, rows, self.files)
 
         records: list[JobRecord] = await self._write(op)
         return records
@@ -414,6 +494,7 @@ class SqliteStore:
         for path in sorted(self.directory.glob("jobs-*.db")):
             if path != own:
                 adopted.extend(await asyncio.to_thread(_adopt, path, own, self.files))
+        self._args_apart.update(r.id for r in adopted if self.files.path(r.id, "args").exists())
         return adopted
 
     async def purge(self, now: float) -> int:
@@ -437,7 +518,9 @@ class SqliteStore:
             await asyncio.to_thread(self.files.drop, [r[0] for r in with_files])
         if self._purges % KEYED_PURGE_EVERY == 0:
             await self._write(
-                lambda conn: conn.execute("DELETE FROM keyed WHERE job_id < ?", (floor,)).rowcount
+                lambda conn: (
+                    conn.execute("DELETE FROM item_results WHERE job_id < ?", (floor,)).rowcount
+                )
             )
             # Files no row points at: written for a submit whose commit failed.
             shards = sorted(self.directory.glob("jobs-*.db"))
@@ -490,24 +573,32 @@ class SqliteStore:
         raise LookupError("unknown connection")
 
 
-def _progress_writer(
-    record: JobRecord, progress: BatchProgress | None
-) -> Callable[[sqlite3.Connection], None]:
-    rows = [
-        (record.name, record.owner, key, record.id, _dumps(value))
-        for key, value in (progress.keyed if progress else ())
+def item_key(name: str, owner: str, key: str) -> str:
+    """The one text key of an item result: name and owner length-prefixed, so that no two
+    (name, owner, key) share it whatever characters they hold."""
+    return f"{len(name)}:{name}{len(owner)}:{owner}{key}"
+
+
+def _keyed_rows(record: JobRecord, progress: BatchProgress) -> list[tuple[Any, ...]]:
+    prefix, job_id = item_key(record.name, record.owner, ""), record.id
+    return [
+        (prefix + key, job_id, value.index if type(value) is ItemRef else _dumps(value))
+        for key, value in progress.keyed
     ]
 
-    def write(conn: sqlite3.Connection) -> None:
-        if rows:
-            conn.executemany(
-                "INSERT INTO keyed (name, owner, key, job_id, value) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT DO UPDATE SET job_id = excluded.job_id, value = excluded.value"
-                " WHERE excluded.job_id >= keyed.job_id",
-                rows,
-            )
 
-    return write
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file made by an earlier version to this schema."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'keyed'").fetchone():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in MIGRATE_KEYED:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _interrupt(conn: sqlite3.Connection) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from service.jobs.record import BatchProgress, JobRecord
+from service.jobs.record import BatchProgress, JobEnd, JobRecord
 from service.jobs.registry import Pool
 from service.jobs.state import JobState
 
@@ -73,6 +73,9 @@ class Store(Protocol):
         progress: BatchProgress | None = None,
     ) -> None:
         """running → a final state, with the result or the error (and a batch's last items)."""
+
+    async def finish_many(self, ends: Sequence[JobEnd], now: float) -> None:
+        """:meth:`finish` for several jobs in one write (the layer ends jobs in groups)."""
 
     async def requeue(self, job_id: str, *, error: str | None) -> None:
         """running → queued: its run was cut off and it will run again."""
