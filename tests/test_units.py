@@ -14,7 +14,7 @@ from service import ids
 from service.config import Settings
 from service.errors import ConfigError, Invalid, Overloaded, TooManyTasks
 from service.jobs.admission import Admission
-from service.jobs.layer import split
+from service.jobs.batches import CHUNK_MAX, chunk_size, pack
 from service.jobs.state import FINAL, JobState, after_interruption, can_cancel, can_move
 from service.tasks.parcels import is_rfc3339, parse_batch
 
@@ -274,12 +274,21 @@ def test_batch_over_the_item_limit_is_refused() -> None:
     assert parse_batch({"Data": items[:10]}, max_items=10) == items[:10]
 
 
-def test_split_keeps_every_item_once_in_order() -> None:
-    """Chunks cover the items exactly once, in order, with sizes within one of each other."""
-    for n in range(1, 30):
-        for parts in range(1, n + 1):
-            chunks = split(list(range(n)), parts)
-            flat = [i for c in chunks for i, _ in c]
-            assert flat == list(range(n))
-            sizes = [len(c) for c in chunks]
-            assert max(sizes) - min(sizes) <= 1
+def test_pack_keeps_every_item_once_in_order() -> None:
+    """Chunks cover every batch's items exactly once, in order, none over the size."""
+    for sizes in ([1], [9], [9, 9, 9], [3, 1, 7, 2], [300, 5], [1] * 20):
+        for size in (1, 2, 4, 9, 10, 256):
+            chunks = pack(sizes, size)
+            flat = [(n, i) for c in chunks for n, start, stop in c for i in range(start, stop)]
+            assert flat == [(n, i) for n, total in enumerate(sizes) for i in range(total)]
+            assert all(0 < sum(stop - start for _, start, stop in c) <= size for c in chunks)
+            assert all(sum(stop - start for _, start, stop in c) == size for c in chunks[:-1])
+
+
+def test_chunk_size_follows_the_cost_of_an_item() -> None:
+    """Unknown or slow items go one to a chunk (each on a thread); fast ones many."""
+    assert chunk_size(None) == 1
+    assert chunk_size(0.030) == 1  # 30 ms of storage latency per parcel
+    assert chunk_size(0.0005) == 4
+    assert chunk_size(0.000002) == CHUNK_MAX
+    assert chunk_size(0.0) == CHUNK_MAX

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,31 @@ class IoPool:
         future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
         future.add_done_callback(self._done)
         return future
+
+    def post(self, fn: Callable[..., Any], /, *args: Any, done: Callable[[Any], None]) -> None:
+        """Start ``fn(*args)`` on a thread, then call ``done(result)`` on the loop (with the
+        exception instead if it raised). No futures: the cheapest hand-off there is."""
+        loop = asyncio.get_running_loop()
+        self.busy += 1
+        self._executor.submit(self._call, loop, fn, args, done)
+
+    def _call(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        done: Callable[[Any], None],
+    ) -> None:
+        try:
+            result = fn(*args)
+        except BaseException as ex:  # reported to the loop, never lost on the thread
+            result = ex
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(self._posted, done, result)
+
+    def _posted(self, done: Callable[[Any], None], result: Any) -> None:
+        self.busy -= 1
+        done(result)
 
     def _done(self, _future: asyncio.Future[Any]) -> None:
         self.busy -= 1

@@ -32,6 +32,8 @@ from service.errors import (
 from service.ids import new_id
 from service.jobs import events as ev
 from service.jobs.admission import Admission
+from service.jobs.batches import Batch, BatchRunner
+from service.jobs.batches import describe as describe  # the reason a job failed with
 from service.jobs.cpu_pool import CpuPool, ProcessDied, TaskTimeout
 from service.jobs.io_pool import IoPool
 from service.jobs.record import BatchProgress, JobRecord
@@ -48,36 +50,6 @@ PULL_INTERVAL_S = 0.2
 WAIT_POLL_S = 0.1
 #: After the store failed, the first pause before looking for work again (seconds).
 PULL_RETRY_S = 1.0
-
-
-def run_items(
-    fn: Callable[..., Any], chunk: list[tuple[int, Any]], options: dict[str, Any]
-) -> list[tuple[int, bool, Any]]:
-    """Run one chunk of a batch on a thread; each item succeeds or fails on its own."""
-    out: list[tuple[int, bool, Any]] = []
-    for index, item in chunk:
-        try:
-            out.append((index, True, fn(item, **options)))
-        except Exception as ex:  # an item's failure is its own, never the chunk's
-            out.append((index, False, describe(ex)))
-    return out
-
-
-def describe(ex: BaseException) -> str:
-    """The reason stored with a failed job or item."""
-    text = str(ex)
-    return f"{type(ex).__name__}: {text}" if text else type(ex).__name__
-
-
-def split(items: list[Any], parts: int) -> list[list[tuple[int, Any]]]:
-    """Cut ``items`` into ``parts`` contiguous chunks of (index, item), sizes within one."""
-    size, extra = divmod(len(items), parts)
-    chunks, start = [], 0
-    for p in range(parts):
-        end = start + size + (1 if p < extra else 0)
-        chunks.append(list(enumerate(items[start:end], start)))
-        start = end
-    return [c for c in chunks if c]
 
 
 class Quota(Protocol):
@@ -130,20 +102,36 @@ class _Slots:
 
 
 class _Lane:
-    """A pool's running jobs (at most ``limit``) and the jobs waiting for a place."""
+    """A pool's running jobs (at most ``limit``) and the jobs waiting for a place.
 
-    def __init__(self, limit: int) -> None:
+    Batch jobs run their items in chunks shared by many jobs (see batches.py): one chunk in
+    flight takes one thread, so they take ``shared()`` places, and ``active()`` says whether
+    any of them is still going on.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        shared: Callable[[], int] = lambda: 0,
+        active: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.limit = limit
         self.running = 0
+        self.shared = shared
+        self.active = active
         self.waiting: collections.deque[tuple[JobRecord, _Slots]] = collections.deque()
 
     @property
+    def free(self) -> int:
+        return self.limit - self.running - self.shared()
+
+    @property
     def has_room(self) -> bool:
-        return self.running < self.limit and not self.waiting
+        return not self.waiting and self.free > 0
 
     @property
     def busy(self) -> bool:
-        return self.running > 0
+        return self.running > 0 or self.active()
 
 
 class JobLayer:
@@ -181,7 +169,15 @@ class JobLayer:
             "io": Admission("io", io_queue_max, wait_s=admission_wait_s),
             "cpu": Admission("cpu", cpu_queue_max, wait_s=admission_wait_s),
         }
-        self._lanes: dict[Pool, _Lane] = {"io": _Lane(io_pool.threads), "cpu": _Lane(1)}
+        self.batches = BatchRunner(io_pool, store, clock, on_chunk_done=self._pump_io)
+        self._lanes: dict[Pool, _Lane] = {
+            "io": _Lane(
+                io_pool.threads,
+                shared=lambda: self.batches.chunks_in_flight,
+                active=lambda: bool(self.batches.running),
+            ),
+            "cpu": _Lane(1),
+        }
         # Jobs a crash cut off. One of them may be what crashed the process, so they run one
         # at a time with nothing else beside them: a poison job takes down only itself.
         self._suspects: collections.deque[tuple[Pool, tuple[JobRecord, _Slots]]] = (
@@ -227,14 +223,28 @@ class JobLayer:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
         tasks = list(self._tasks.values())
+        late: set[asyncio.Task[None]] = set()
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=drain_s)
-            for task in late:
-                task.cancel()
-            if late:
-                log.warning("%d jobs still running at shutdown: requeued", len(late))
-                await asyncio.wait(late, timeout=SHUTDOWN_REQUEUE_S)
+        # Batches that started at once run without a task of their own (see batches.py).
+        cut = [
+            batch
+            for batch in await self.batches.drain(max(0.0, deadline - loop.time()))
+            if batch.record.id not in self._tasks
+        ]
+        for task in late:
+            task.cancel()
+        for batch in cut:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.requeue(batch.record.id, error="interrupted by shutdown")
+            self.quota.release(batch.record.owner)
+        if late or cut:
+            log.warning("%d jobs still running at shutdown: requeued", len(late) + len(cut))
+        if late:
+            await asyncio.wait(late, timeout=SHUTDOWN_REQUEUE_S)
         # Claimed from a shared queue but never run (they waited behind a suspect): back
         # to the queue for another worker.
         for job_id in list(self._claimed):
@@ -351,6 +361,11 @@ class JobLayer:
                 self._pump(spec.pool)
             raise
         self.events.accepted(spec.name, spec.pool)
+        if stored is JobState.RUNNING and items is not None:
+            lane.running -= 1  # from here its chunks take the places (see _Lane)
+            self.events.started(spec.name, 0.0)
+            self.batches.start(spec, record, slots, self._batch_ended)
+            return record
         if stored is JobState.RUNNING:
             self._spawn(spec.pool, record, slots, started=True)
             return record
@@ -382,7 +397,7 @@ class JobLayer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            if job_id in self._tasks or self._is_waiting(job_id):
+            if job_id in self._tasks or job_id in self.batches.running or self._is_waiting(job_id):
                 future = loop.create_future()
                 self._waiters.setdefault(job_id, []).append(future)
                 with contextlib.suppress(TimeoutError):
@@ -412,7 +427,7 @@ class JobLayer:
                 ev.PoolStats(
                     pool=pool,
                     queued_jobs=len(lane.waiting) + sum(p == pool for p, _ in self._suspects),
-                    running_jobs=lane.running,
+                    running_jobs=lane.running + (len(self.batches.running) if pool == "io" else 0),
                     busy_slots=busy,
                     slots=slots,
                     admitted_tasks=admission.in_use,
@@ -449,7 +464,7 @@ class JobLayer:
             self._spawn(suspect_pool, record, slots, started=started, suspect=True)
             return
         lane = self._lanes[pool]
-        while lane.waiting and lane.running < lane.limit:
+        while lane.waiting and lane.free > 0:
             record, slots = lane.waiting.popleft()
             lane.running += 1
             started = record.id in self._claimed
@@ -467,16 +482,47 @@ class JobLayer:
     def _ended(self, pool: Pool, job_id: str, owner: str, suspect: bool) -> None:
         self.quota.release(owner)
         self._tasks.pop(job_id, None)
-        for future in self._waiters.pop(job_id, ()):
-            if not future.done():
-                future.set_result(None)
+        self._wake(job_id)
         self._lanes[pool].running -= 1
         if suspect:
             self._suspect_running = False
+        self._freed(pool, suspect)
+
+    def _freed(self, pool: Pool, suspect: bool = False) -> None:
         for each in self._lanes if suspect or self._quarantine else (pool,):
             self._pump(each)
         if self.store.shares_queue and (self._more_queued[pool] or suspect):
             self._pull_now.set()
+
+    def _wake(self, job_id: str) -> None:
+        for future in self._waiters.pop(job_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def _batch_ended(self, batch: Batch) -> None:
+        """A batch that started at once (no task of its own) has ended and is written."""
+        self._batch_events(batch)
+        slots = batch.slots
+        assert isinstance(slots, _Slots)
+        slots.release()
+        self.quota.release(batch.record.owner)
+        self._wake(batch.record.id)
+        self._freed(batch.spec.pool)
+
+    def _batch_events(self, batch: Batch) -> None:
+        record = batch.record
+        if batch.state is None:
+            return  # its end could not be written: it runs again
+        ran_s = None if record.started_at is None else max(0.0, batch.ended_at - record.started_at)
+        self.events.finished(record.name, batch.state, ran_s)
+        if batch.state is JobState.FAILED:
+            log.info("job %s (%s) failed: %s", record.id, record.name, batch.error,
+                     extra={"job_id": record.id})  # fmt: skip
+
+    def _pump_io(self) -> None:
+        """A chunk's thread is free again: start what waits for one."""
+        if self._lanes["io"].waiting or self._quarantine:
+            self._freed("io")
 
     # -- taking work from a shared queue ----------------------------------------------
 
@@ -491,7 +537,7 @@ class JobLayer:
         if self._quarantine:
             return 0  # a job a crash cut off runs alone first
         lane = self._lanes[pool]
-        return max(0, lane.limit - lane.running - len(lane.waiting))
+        return max(0, lane.free - len(lane.waiting))
 
     async def _pull_loop(self) -> None:
         """Claim queued jobs from the shared store as far as the pools have room."""
@@ -626,60 +672,20 @@ class JobLayer:
             slots.release()
 
     async def _execute_batch(self, spec: JobSpec, record: JobRecord, slots: _Slots) -> None:
-        assert record.items is not None
-        items = record.items
-        # Spread over idle threads when there are any; under load run together, which
-        # costs one hand-off per batch instead of one per item.
-        chunks = split(items, max(1, min(len(items), self.io.idle)))
-        futures: dict[asyncio.Future[Any], list[tuple[int, Any]]] = {}
-        for chunk in chunks:
-            future = self.io.submit(run_items, spec.fn, chunk, record.args)
-            slots.hand_over(future, len(chunk))
-            futures[future] = chunk
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + spec.timeout_s * max(map(len, chunks))
-        done = failed = 0
-        failures: list[dict[str, Any]] = []
-        pending = set(futures)
-        progress = BatchProgress(0, 0, [])
-        while pending:
-            finished, pending = await asyncio.wait(
-                pending, timeout=max(0.0, deadline - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )  # fmt: skip
-            if not finished:
-                break
-            keyed: list[tuple[str, Any]] = []
-            for future in finished:
-                for index, ok, value in future.result():
-                    key = spec.item_key(items[index]) if spec.item_key else None
-                    if ok:
-                        done += 1
-                        if key is not None:
-                            keyed.append((key, value))
-                    else:
-                        failed += 1
-                        failures.append({"index": index, "key": key, "error": value})
-            progress = BatchProgress(done, failed, keyed)
-            if pending:  # the last chunk's items are written with the job's end
-                await self.store.progress(record, progress)
-                progress = BatchProgress(done, failed, [])
-        for future in pending:
-            for index, item in futures[future]:
-                key = spec.item_key(item) if spec.item_key else None
-                error = f"timed out after {spec.timeout_s:g} s"
-                failed += 1
-                failures.append({"index": index, "key": key, "error": error})
-        progress = BatchProgress(done, failed, progress.keyed)
-        failures.sort(key=lambda f: f["index"])
-        result = {"total": len(items), "done": done, "failed": failed, "failures": failures}
-        if failures:
-            first = failures[0]
-            error = f"{failed} of {len(items)} items failed; first: {first['error']}"
-            await self._finish(record, JobState.FAILED, result=result, error=error,
-                               progress=progress)  # fmt: skip
-        else:
-            await self._finish(record, JobState.SUCCEEDED, result=result, progress=progress)
+        """Run a batch that waited its turn (this task only waits for the runner's end)."""
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_end(batch: Batch) -> None:
+            self._batch_events(batch)
+            if not ended.done():
+                ended.set_result(None)
+
+        batch = self.batches.start(spec, record, slots, on_end)
+        try:
+            await ended
+        except asyncio.CancelledError:
+            self.batches.abandon(batch)
+            raise
 
     async def _finish(
         self,

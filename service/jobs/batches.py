@@ -1,0 +1,352 @@
+"""Batch jobs on the io pool: items of many jobs run in shared chunks, jobs end in groups.
+
+A batch job is one task per item: ``fn(item, **options)`` on an io thread, each item
+succeeding or failing on its own. Handing work to a thread costs far more than a fast item
+(tens of microseconds of futures, wake-ups and GIL hand-overs against a few for a parcel), so
+the runner packs the items of the batches that start within one loop tick into chunks sized
+from what an item of that job has cost so far: fast items go many to a chunk, across jobs, one
+hand-off for the lot; slow items (waiting on storage, say) go one to a chunk, each on a thread
+of its own, in parallel. A job whose item cost is not known yet is spread the same way.
+
+The jobs whose last item ends within one tick end in one store write
+(:meth:`Store.finish_many`), and a job's end is reported only once that write is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from service.errors import StoreUnavailable
+from service.jobs.admission import Admission
+from service.jobs.io_pool import IoPool
+from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
+from service.jobs.registry import JobSpec
+from service.jobs.state import JobState
+from service.jobs.store import Store
+
+log = logging.getLogger(__name__)
+
+#: A chunk is sized so that its items, at their average cost so far, take about this long.
+CHUNK_BUDGET_S = 0.002
+#: Items in one chunk at most, however fast they are.
+CHUNK_MAX = 256
+#: Weight of the newest chunk in the moving average of an item's cost.
+COST_WEIGHT = 0.2
+
+#: One part of a chunk: a batch, and the range of its items that the chunk runs.
+Part = tuple["Batch", int, int]
+
+
+class Slots(Protocol):
+    """The admission slots a job holds (see the layer); a chunk takes some of them over."""
+
+    admission: Admission
+    count: int
+
+
+def describe(ex: BaseException) -> str:
+    """The reason stored with a failed job or item."""
+    text = str(ex)
+    return f"{type(ex).__name__}: {text}" if text else type(ex).__name__
+
+
+def run_chunk(
+    fn: Callable[..., Any], parts: list[tuple[list[Any], int, int, dict[str, Any]]]
+) -> tuple[list[tuple[bool, Any]], float]:
+    """Run the items of one chunk on a thread, each on its own: (ok, value or reason) per item
+    in order, and the seconds the chunk took."""
+    started = time.perf_counter()
+    out: list[tuple[bool, Any]] = []
+    for items, start, stop, options in parts:
+        for index in range(start, stop):
+            try:
+                out.append((True, fn(items[index], **options)))
+            except Exception as ex:  # an item's failure is its own, never the chunk's
+                out.append((False, describe(ex)))
+    return out, time.perf_counter() - started
+
+
+def chunk_size(cost_s: float | None) -> int:
+    """Items per chunk for items that cost ``cost_s`` each (None: not known yet)."""
+    if cost_s is None:
+        return 1
+    return max(1, min(CHUNK_MAX, int(CHUNK_BUDGET_S / max(cost_s, 1e-9))))
+
+
+def pack(sizes: list[int], size: int) -> list[list[tuple[int, int, int]]]:
+    """Cut batches of ``sizes`` items, in order, into chunks of at most ``size`` items.
+
+    A chunk is a list of (batch number, start, stop); every item is in exactly one chunk.
+    """
+    chunks: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    room = size
+    for number, total in enumerate(sizes):
+        start = 0
+        while start < total:
+            stop = min(total, start + room)
+            current.append((number, start, stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                chunks.append(current)
+                current, room = [], size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class Batch:
+    """A batch job while it runs: its counts, and the item results not yet written."""
+
+    __slots__ = (
+        "closed", "done", "ended_at", "error", "failed", "failures", "keyed", "left", "on_end",
+        "record", "slots", "spec", "state",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        record: JobRecord,
+        slots: Slots,
+        on_end: Callable[[Batch], None],
+    ) -> None:
+        assert record.items is not None
+        self.spec = spec
+        self.record = record
+        self.slots = slots
+        self.on_end = on_end
+        self.left = len(record.items)
+        self.done = 0
+        self.failed = 0
+        self.failures: list[dict[str, Any]] = []
+        #: (key, value) of items that succeeded since the last write.
+        self.keyed: list[tuple[str, Any]] = []
+        #: Set once its end is being written, or when shutdown gave up on it.
+        self.closed = False
+        #: Its final state, error and end time, once written (state None: it was not).
+        self.state: JobState | None = None
+        self.error: str | None = None
+        self.ended_at = 0.0
+
+    def take_slots(self, n: int) -> None:
+        """A chunk takes over ``n`` of the job's slots: they go back when its thread is done."""
+        self.slots.count -= n
+
+    def progress(self) -> BatchProgress:
+        progress = BatchProgress(self.done, self.failed, self.keyed)
+        self.keyed = []
+        return progress
+
+    def end(self) -> JobEnd:
+        total = self.done + self.failed
+        failures = sorted(self.failures, key=lambda f: int(f["index"]))
+        result = {"total": total, "done": self.done, "failed": self.failed, "failures": failures}
+        if not failures:
+            return JobEnd(self.record, JobState.SUCCEEDED, result, None, self.progress())
+        error = f"{self.failed} of {total} items failed; first: {failures[0]['error']}"
+        return JobEnd(self.record, JobState.FAILED, result, error, self.progress())
+
+
+class _Chunk:
+    __slots__ = ("late", "parts", "spec", "timer")
+
+    def __init__(self, spec: JobSpec, parts: list[Part]) -> None:
+        self.spec = spec
+        self.parts = parts
+        self.late = False
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class BatchRunner:
+    """Runs batch jobs' items on the io pool in chunks and ends the jobs in groups."""
+
+    def __init__(
+        self,
+        io: IoPool,
+        store: Store,
+        clock: Callable[[], float],
+        *,
+        on_chunk_done: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.io = io
+        self.store = store
+        self.clock = clock
+        self.on_chunk_done = on_chunk_done
+        #: Chunks handed to the io pool whose thread has not reported back yet.
+        self.chunks_in_flight = 0
+        #: Running batches by job id, until their end is written.
+        self.running: dict[str, Batch] = {}
+        #: Moving average of one item's cost (seconds on its thread), per job name.
+        self.cost: dict[str, float] = {}
+        self._starting: list[Batch] = []
+        self._dispatch_scheduled = False
+        self._writes: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.Future[None] | None = None
+
+    def start(
+        self, spec: JobSpec, record: JobRecord, slots: Slots, on_end: Callable[[Batch], None]
+    ) -> Batch:
+        """Run the items of ``record`` (stored as running); ``on_end(batch)`` once its end
+        is written (or could not be: it is then still running in the store, to be re-run)."""
+        batch = Batch(spec, record, slots, on_end)
+        self.running[record.id] = batch
+        self._starting.append(batch)
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+        return batch
+
+    def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        starting, self._starting = self._starting, []
+        by_job: dict[str, list[Batch]] = {}
+        for batch in starting:
+            if not batch.closed:
+                by_job.setdefault(batch.spec.name, []).append(batch)
+        loop = asyncio.get_running_loop()
+        for name, batches in by_job.items():
+            spec = batches[0].spec
+            sizes = [batch.left for batch in batches]
+            for numbered in pack(sizes, chunk_size(self.cost.get(name))):
+                parts: list[Part] = [(batches[n], start, stop) for n, start, stop in numbered]
+                chunk = _Chunk(spec, parts)
+                payload = []
+                for batch, start, stop in parts:
+                    batch.take_slots(stop - start)
+                    payload.append((batch.record.items, start, stop, batch.record.args))
+                count = sum(stop - start for _, start, stop in parts)
+                chunk.timer = loop.call_later(spec.timeout_s * count, self._chunk_late, chunk)
+                self.chunks_in_flight += 1
+                self.io.post(run_chunk, spec.fn, payload, done=functools.partial(self._done, chunk))
+
+    def _done(self, chunk: _Chunk, outcome: Any) -> None:
+        """A chunk's thread is done (on the loop): count its items, end the jobs it finished."""
+        if chunk.timer is not None:
+            chunk.timer.cancel()
+        self.chunks_in_flight -= 1
+        for batch, start, stop in chunk.parts:
+            batch.slots.admission.release(stop - start)
+        if isinstance(outcome, BaseException):  # run_chunk itself failed: say so per item
+            count = sum(stop - start for _, start, stop in chunk.parts)
+            results: list[tuple[bool, Any]] = [(False, describe(outcome))] * count
+        else:
+            results, seconds = outcome
+            name = chunk.spec.name
+            cost = seconds / max(1, len(results))
+            known = self.cost.get(name)
+            self.cost[name] = cost if known is None else known + COST_WEIGHT * (cost - known)
+        self.on_chunk_done()
+        if chunk.late:
+            return  # its items were already failed as timed out
+        ended: list[Batch] = []
+        position = 0
+        for batch, start, stop in chunk.parts:
+            if batch.closed:
+                position += stop - start
+                continue
+            items = batch.record.items
+            assert items is not None
+            key_of = batch.spec.item_key
+            for index in range(start, stop):
+                ok, value = results[position]
+                position += 1
+                if ok:
+                    batch.done += 1
+                    if key_of is not None:
+                        item = items[index]
+                        batch.keyed.append(
+                            (key_of(item), ItemRef(index) if value is item else value)
+                        )
+                else:
+                    batch.failed += 1
+                    key = key_of(items[index]) if key_of is not None else None
+                    batch.failures.append({"index": index, "key": key, "error": value})
+            self._counted(batch, stop - start, ended)
+        self._end(ended)
+
+    def _chunk_late(self, chunk: _Chunk) -> None:
+        """A chunk ran past its items' timeouts: they fail; its thread cannot be stopped."""
+        chunk.late = True
+        error = f"timed out after {chunk.spec.timeout_s:g} s"
+        ended: list[Batch] = []
+        for batch, start, stop in chunk.parts:
+            if batch.closed:
+                continue
+            items = batch.record.items
+            assert items is not None
+            key_of = batch.spec.item_key
+            for index in range(start, stop):
+                key = key_of(items[index]) if key_of is not None else None
+                batch.failures.append({"index": index, "key": key, "error": error})
+            batch.failed += stop - start
+            self._counted(batch, stop - start, ended)
+        self._end(ended)
+
+    def _counted(self, batch: Batch, n: int, ended: list[Batch]) -> None:
+        batch.left -= n
+        if batch.left == 0:
+            batch.closed = True
+            ended.append(batch)
+        elif batch.keyed:
+            # More chunks to come: what is done so far is readable now.
+            self._background(self._write_progress(batch, batch.progress()))
+
+    async def _write_progress(self, batch: Batch, progress: BatchProgress) -> None:
+        try:
+            await self.store.progress(batch.record, progress)
+        except StoreUnavailable as ex:
+            log.error("job %s: %s", batch.record.id, ex.detail)
+
+    def _end(self, batches: list[Batch]) -> None:
+        if batches:
+            self._background(self._write_ends(batches))
+
+    async def _write_ends(self, batches: list[Batch]) -> None:
+        ends, now = [batch.end() for batch in batches], self.clock()
+        try:
+            await self.store.finish_many(ends, now)
+        except StoreUnavailable as ex:
+            # Still running in the store: it runs again after a restart.
+            log.error("%d jobs could not be ended: %s", len(batches), ex.detail)
+        else:
+            for batch, end in zip(batches, ends, strict=True):
+                batch.state, batch.error, batch.ended_at = end.state, end.error, now
+        for batch in batches:
+            self._forget(batch)
+            batch.on_end(batch)
+
+    def _background(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    def _forget(self, batch: Batch) -> None:
+        self.running.pop(batch.record.id, None)
+        if not self.running and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def abandon(self, batch: Batch) -> None:
+        """Stop tracking ``batch`` (its run was cut off): later results of it are dropped."""
+        batch.closed = True
+        self._forget(batch)
+
+    async def drain(self, timeout_s: float) -> list[Batch]:
+        """Wait up to ``timeout_s`` for the running batches to end; abandon and return the
+        ones still running then."""
+        if self.running:
+            self._idle = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._idle), timeout_s)
+        late = [b for b in self.running.values() if not b.closed]
+        for batch in list(self.running.values()):
+            self.abandon(batch)
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=timeout_s)
+        return late
