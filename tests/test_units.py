@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
 from pathlib import Path
 
 import pytest
@@ -127,6 +129,26 @@ def test_ids_are_unique_time_ordered_and_well_formed() -> None:
     assert all(ids.is_valid(i) and len(i) == ids.ID_LENGTH for i in made)
     assert not ids.is_valid("../../etc/passwd")
     assert ids.RANDOM_BITS >= 80
+
+
+def test_id_digits_are_the_time_then_random() -> None:
+    """The first 10 digits are the millisecond in base 32; the other 16 are random, every
+    digit drawn about as often as any other; a forked child draws bytes of its own."""
+    made = [ids.new_id(lambda: 1234.5678) for _ in range(4096)]
+    assert {i[: ids.ID_TIME_CHARS] for i in made} == {"0000015nm7"}  # 1234567 ms
+    counts = collections.Counter(c for i in made for c in i[ids.ID_TIME_CHARS :])
+    assert set(counts) == set(ids.ALPHABET)
+    assert max(counts.values()) < 1.25 * min(counts.values())
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: same buffer position as the parent unless it was dropped
+        os.write(write, ids.new_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child[ids.ID_TIME_CHARS :] != ids.new_id()[ids.ID_TIME_CHARS :]
 
 
 @given(st.text(max_size=40))
