@@ -9,6 +9,7 @@ import asyncio
 import os
 import pickle
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -227,4 +228,26 @@ async def test_a_failed_write_fails_every_write_of_its_transaction(tmp_path: Pat
     got = await a.get(running.id)
     assert got is not None
     assert got.state is JobState.QUEUED
+    await a.close()
+
+
+async def test_item_results_of_any_count_are_written_whole_and_in_order(tmp_path: Path) -> None:
+    """A transaction's item results go in as multi-row statements: every count of them is
+    written, and for a key written twice the later write of the newer job stands."""
+    a = store(tmp_path)
+    await a.open()
+    now = time.time()
+    old = record("parcel", items=[0], id=new_id(lambda: now - 1))
+    new = record("parcel", items=[0], id=new_id(lambda: now))
+    for job in (old, new):
+        await a.add(job)
+    for count in (1, 2, 3, 7, 41, 128, 300):
+        keyed = [(f"{count}-{i}", i) for i in range(count)] + [(f"{count}-0", "again")]
+        await asyncio.gather(
+            a.progress(new, BatchProgress(count, 0, keyed)),
+            a.progress(old, BatchProgress(count, 0, [(f"{count}-1", "older")])),
+        )
+        assert await a.get_item("parcel", "alice", f"{count}-0") == "again"
+        for i in range(1, count):
+            assert await a.get_item("parcel", "alice", f"{count}-{i}") == i
     await a.close()

@@ -94,11 +94,25 @@ INSERT_JOB = (
     "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts, args, items)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-UPSERT_ITEM = (
-    "INSERT INTO item_results (k, job_id, value) VALUES (?, ?, ?)"
-    " ON CONFLICT DO UPDATE SET job_id = excluded.job_id, value = excluded.value"
-    " WHERE excluded.job_id >= item_results.job_id"
-)
+#: Item results go in as multi-row statements of these sizes (largest first): a row of
+#: executemany costs a bind, a step and a reset of its own, which for these small rows is
+#: more than the row itself (callgrind: 13.7k -> 8.9k instructions a row). A few fixed sizes
+#: keep the statements in the connection's statement cache.
+ITEM_STATEMENT_ROWS = (128, 32, 8, 2, 1)
+
+
+def upsert_items_sql(rows: int) -> str:
+    """Upsert ``rows`` item results (3 parameters each); rows apply in order, and a newer
+    job's result replaces an older one's, never the reverse."""
+    return (
+        "INSERT INTO item_results (k, job_id, value) VALUES "
+        + ", ".join(["(?, ?, ?)"] * rows)
+        + " ON CONFLICT DO UPDATE SET job_id = excluded.job_id, value = excluded.value"
+        " WHERE excluded.job_id >= item_results.job_id"
+    )
+
+
+UPSERT_ITEMS = {rows: upsert_items_sql(rows) for rows in ITEM_STATEMENT_ROWS}
 END_JOB = (
     "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?,"
     " done = coalesce(?, done), failed = coalesce(?, failed)"
@@ -177,7 +191,8 @@ class SqliteStore:
         # its own future, in the order they came), item results, job ends.
         self._adds: list[tuple[Any, ...]] = []
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
-        self._keyed: list[tuple[Any, ...]] = []
+        #: Item results of the next transaction, flat: k, job_id, value, k, job_id, ...
+        self._keyed: list[Any] = []
         self._ends: list[tuple[Any, ...]] = []
         #: Resolved when the next transaction commits: every add and end of it waits on it.
         self._commit: asyncio.Future[None] | None = None
@@ -298,7 +313,7 @@ class SqliteStore:
                     conn.executemany(INSERT_JOB, adds)
                 results = [op(conn) for op, _ in ops]
                 if keyed:
-                    conn.executemany(UPSERT_ITEM, keyed)
+                    _upsert_items(conn, keyed)
                 if ends:
                     conn.executemany(END_JOB, ends)
                 conn.execute("COMMIT")
@@ -579,12 +594,22 @@ def item_key(name: str, owner: str, key: str) -> str:
     return f"{len(name)}:{name}{len(owner)}:{owner}{key}"
 
 
-def _keyed_rows(record: JobRecord, progress: BatchProgress) -> list[tuple[Any, ...]]:
+def _keyed_rows(record: JobRecord, progress: BatchProgress) -> list[Any]:
+    """The item results of ``progress``, flat: k, job_id, value for each."""
     prefix, job_id = item_key(record.name, record.owner, ""), record.id
-    return [
-        (prefix + key, job_id, value.index if type(value) is ItemRef else _dumps(value))
-        for key, value in progress.keyed
-    ]
+    flat: list[Any] = []
+    for key, value in progress.keyed:
+        flat += (prefix + key, job_id, value.index if type(value) is ItemRef else _dumps(value))
+    return flat
+
+
+def _upsert_items(conn: sqlite3.Connection, flat: list[Any]) -> None:
+    at, left = 0, len(flat) // 3
+    for rows in ITEM_STATEMENT_ROWS:
+        while left >= rows:
+            conn.execute(UPSERT_ITEMS[rows], flat[at : at + 3 * rows])
+            at += 3 * rows
+            left -= rows
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
