@@ -58,18 +58,31 @@ def describe(ex: BaseException) -> str:
 
 def run_chunk(
     fn: Callable[..., Any], parts: list[tuple[list[Any], int, int, dict[str, Any]]]
-) -> tuple[list[tuple[bool, Any]], float]:
-    """Run the items of one chunk on a thread, each on its own: (ok, value or reason) per item
-    in order, and the seconds the chunk took."""
+) -> tuple[list[Any], dict[int, str], float]:
+    """Run the items of one chunk on a thread, each on its own. Returns each item's value in
+    order (None for one that failed), the reason of each failure by position, and the
+    seconds the chunk took."""
     started = time.perf_counter()
-    out: list[tuple[bool, Any]] = []
+    values: list[Any] = []
+    failed: dict[int, str] = {}
     for items, start, stop, options in parts:
         for index in range(start, stop):
             try:
-                out.append((True, fn(items[index], **options)))
+                values.append(fn(items[index], **options))
             except Exception as ex:  # an item's failure is its own, never the chunk's
-                out.append((False, describe(ex)))
-    return out, time.perf_counter() - started
+                failed[len(values)] = describe(ex)
+                values.append(None)
+    return values, failed, time.perf_counter() - started
+
+
+def item_ref(index: int) -> ItemRef:
+    """The (shared, immutable) ItemRef of item ``index``."""
+    while len(_REFS) <= index:
+        _REFS.extend(ItemRef(i) for i in range(len(_REFS), 2 * len(_REFS) + 16))
+    return _REFS[index]
+
+
+_REFS: list[ItemRef] = []
 
 
 def chunk_size(cost_s: float | None) -> int:
@@ -235,11 +248,12 @@ class BatchRunner:
             batch.slots.admission.release(stop - start)
         if isinstance(outcome, BaseException):  # run_chunk itself failed: say so per item
             count = sum(stop - start for _, start, stop in chunk.parts)
-            results: list[tuple[bool, Any]] = [(False, describe(outcome))] * count
+            values: list[Any] = [None] * count
+            failed = dict.fromkeys(range(count), describe(outcome))
         else:
-            results, seconds = outcome
+            values, failed, seconds = outcome
             name = chunk.spec.name
-            cost = seconds / max(1, len(results))
+            cost = seconds / max(1, len(values))
             known = self.cost.get(name)
             self.cost[name] = cost if known is None else known + COST_WEIGHT * (cost - known)
         self.on_chunk_done()
@@ -248,27 +262,35 @@ class BatchRunner:
         ended: list[Batch] = []
         position = 0
         for batch, start, stop in chunk.parts:
+            n = stop - start
+            at, position = position, position + n
             if batch.closed:
-                position += stop - start
                 continue
             items = batch.record.items
             assert items is not None
             key_of = batch.spec.item_key
-            for index in range(start, stop):
-                ok, value = results[position]
-                position += 1
-                if ok:
-                    batch.done += 1
-                    if key_of is not None:
-                        item = items[index]
-                        batch.keyed.append(
-                            (key_of(item), ItemRef(index) if value is item else value)
+            if not failed or not any(p in failed for p in range(at, position)):
+                batch.done += n
+                if key_of is not None:  # a result that is its item is kept as a reference
+                    batch.keyed += [
+                        (key_of(item), item_ref(index) if value is item else value)
+                        for index, item, value in zip(
+                            range(start, stop), items[start:stop], values[at:position], strict=True
                         )
-                else:
-                    batch.failed += 1
-                    key = key_of(items[index]) if key_of is not None else None
-                    batch.failures.append({"index": index, "key": key, "error": value})
-            self._counted(batch, stop - start, ended)
+                    ]
+            else:
+                for index in range(start, stop):
+                    item, value = items[index], values[at + index - start]
+                    reason = failed.get(at + index - start)
+                    key = key_of(item) if key_of is not None else None
+                    if reason is None:
+                        batch.done += 1
+                        if key is not None:
+                            batch.keyed.append((key, item_ref(index) if value is item else value))
+                    else:
+                        batch.failed += 1
+                        batch.failures.append({"index": index, "key": key, "error": reason})
+            self._counted(batch, n, ended)
         self._end(ended)
 
     def _chunk_late(self, chunk: _Chunk) -> None:
