@@ -62,6 +62,7 @@ def make_store(settings: Settings, jobs: Registry) -> Store:
             result_ttl_s=s.result_ttl_s,
             result_max=s.result_max,
             max_bytes=s.store_max_bytes,
+            payload_max_bytes=s.payload_max_bytes,
         )
 
     def lane_of(name: str) -> str:

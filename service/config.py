@@ -240,6 +240,10 @@ class Settings:
     store_max_bytes: int = _setting(
         "STORE_MAX_BYTES", 0, _int(0), "cap on each SQLite shard file; 0: the disk is the cap"
     )
+    payload_max_bytes: int = _setting(
+        "PAYLOAD_MAX_BYTES", 0, _int(0),
+        "cap on the host's payload files (SQLite store); 0: the disk is the cap",
+    )  # fmt: skip
     result_ttl_s: int = _setting(
         "RESULT_TTL_S", 86_400, _int(1), "finished jobs and their results are kept this long"
     )

@@ -18,6 +18,7 @@ import urllib3
 
 from tests.clients import ALICE, bearer
 from tests.conftest import SEED_BATCH
+from tests.imagegen import photo_like
 from tests.server import Server
 
 FINAL = {"succeeded", "failed", "cancelled"}
@@ -237,4 +238,34 @@ def test_a_full_store_answers_503_and_never_acknowledges_an_unstored_job(
     assert refused > 0
     for job_id in accepted:
         assert srv.get(f"/v1/jobs/{job_id}").status == 200
+    assert srv.get("/healthz").status == 200
+
+
+def test_payload_files_at_their_cap_answer_503_and_lose_nothing(
+    server_factory: Callable[..., Server],
+) -> None:
+    """Images are payload files: past JOBPOOL_PAYLOAD_MAX_BYTES an upload gets 503, and
+    every image that got a 202 is processed and readable."""
+    image = photo_like(900, 700, seed=3)
+    cap = 6 * len(image)
+    srv = server_factory(workers=1, env={"JOBPOOL_PAYLOAD_MAX_BYTES": str(cap)})
+    accepted, refused = [], 0
+    for _ in range(30):
+        r = srv.post(
+            "/v1/images?op=grayscale&format=png", body=image,
+            headers={"Content-Type": "image/jpeg"},
+        )  # fmt: skip
+        if r.status == 202:
+            accepted.append(r.json()["job"])
+        else:
+            assert r.status == 503, r
+            assert "JOBPOOL_PAYLOAD_MAX_BYTES" in r.json()["detail"]
+            refused += 1
+    assert accepted
+    assert refused > 0
+    for job_id in accepted:
+        assert srv.wait_final(job_id, timeout=60)["state"] == "succeeded"
+        result = srv.get(f"/v1/jobs/{job_id}/result")
+        assert result.status == 200
+        assert result.headers["Content-Type"] == "image/png"
     assert srv.get("/healthz").status == 200

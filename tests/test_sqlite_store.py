@@ -251,3 +251,26 @@ async def test_item_results_of_any_count_are_written_whole_and_in_order(tmp_path
         for i in range(1, count):
             assert await a.get_item("parcel", "alice", f"{count}-{i}") == i
     await a.close()
+
+
+async def test_payload_cap_refuses_new_arguments_never_an_accepted_result(
+    tmp_path: Path,
+) -> None:
+    """Past JOBPOOL_PAYLOAD_MAX_BYTES a job with large arguments is refused before anything
+    is stored; the result of a job already accepted is still written."""
+    a = SqliteStore(tmp_path, result_ttl_s=60, result_max=1 << 20, payload_max_bytes=250_000)
+    await a.open()
+    first = record(args={"data": os.urandom(200_000)})
+    await a.add(first)
+    refused = record(args={"data": os.urandom(100_000)})
+    with pytest.raises(StoreUnavailable, match="JOBPOOL_PAYLOAD_MAX_BYTES"):
+        await a.add(refused)
+    assert await a.get(refused.id) is None
+    await a.add(record(args={"x": 1}))  # small arguments stay in the row: no cap
+    assert await a.start(first.id, 2.0)
+    output = os.urandom(300_000)
+    await a.finish(first, JobState.SUCCEEDED, 3.0, result=output, error=None)
+    got = await a.get(first.id)
+    assert got is not None
+    assert got.result == output
+    await a.close()

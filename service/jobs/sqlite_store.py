@@ -174,13 +174,19 @@ class SqliteStore:
     shares_queue = False
 
     def __init__(
-        self, directory: Path, *, result_ttl_s: float, result_max: int, max_bytes: int = 0
+        self,
+        directory: Path,
+        *,
+        result_ttl_s: float,
+        result_max: int,
+        max_bytes: int = 0,
+        payload_max_bytes: int = 0,
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.result_ttl_s = result_ttl_s
         self.result_max = result_max
-        self.files = PayloadFiles(directory / "payloads")
+        self.files = PayloadFiles(directory / "payloads", max_bytes=payload_max_bytes)
         #: Jobs of this worker with their arguments in a file, to drop when they end.
         self._args_apart: set[str] = set()
         self.slot = -1
