@@ -77,6 +77,7 @@ def make_store(settings: Settings, jobs: Registry) -> Store:
         result_max=s.result_max,
         lease_s=s.lease_s,
         queue_max=s.fleet_queue_max,
+        client_max_inflight=s.client_max_inflight,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from service.config import StoreUrl
-from service.errors import Overloaded, StoreUnavailable
+from service.errors import Overloaded, StoreUnavailable, TooManyJobs
 from service.jobs.redis_store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.state import JobState
@@ -253,3 +253,82 @@ async def test_a_worker_starts_while_redis_is_down(
     await a.ping()
     assert await a.add(record()) is JobState.QUEUED
     await a.close()
+
+
+# -- jobs in flight per client, counted by the scripts that change job states ---------
+
+
+async def test_the_cap_counts_queued_and_running_jobs_of_every_host(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """3 in flight anywhere, queued or running: the 4th is refused on any host, unstored."""
+    a = await opened(redis_url, tmp_path, "a", client_max_inflight=3)
+    b = await opened(redis_url, tmp_path, "b", client_max_inflight=3)
+    now = time.time()
+    await a.add(record(state=JobState.RUNNING, started_at=now, attempts=1))
+    await a.add(record())
+    await b.add(record())
+    assert await a.inflight("alice") == 3
+    for store in (a, b):
+        refused = record()
+        with pytest.raises(TooManyJobs, match="JOBPOOL_CLIENT_MAX_INFLIGHT"):
+            await store.add(refused)
+        assert await store.get(refused.id) is None
+    assert await b.add(record(owner="bob")) is JobState.QUEUED
+    assert (await b.inflight("alice"), await b.inflight("bob")) == (3, 1)
+    await a.close()
+    await b.close()
+
+
+async def test_jobs_stop_counting_exactly_when_they_end(redis_url: str, tmp_path: Path) -> None:
+    """Claims, requeues and retried adds leave the count; finish and cancel take one off once."""
+    a = await opened(redis_url, tmp_path, client_max_inflight=10)
+    jobs = [record() for _ in range(4)]
+    for job in jobs:
+        await a.add(job)
+    assert await a.add(jobs[0]) is JobState.QUEUED  # a retried add stores and counts nothing
+    claimed = await a.claim({"io": 2, "cpu": 0}, 1.0)
+    await a.requeue(claimed[1].id, error=None)
+    assert await a.inflight("alice") == 4
+    await a.finish(claimed[0], JobState.SUCCEEDED, 2.0, result=1, error=None)
+    await a.finish(claimed[0], JobState.FAILED, 3.0, error="a second end")  # changes nothing
+    assert await a.cancel(jobs[3].id, 4.0) is JobState.CANCELLED
+    assert await a.cancel(jobs[3].id, 5.0) is JobState.CANCELLED
+    assert await a.inflight("alice") == 2
+    for job in await a.claim(ROOM, 6.0):
+        await a.finish(job, JobState.FAILED, 7.0, error="boom")
+    assert await a.inflight("alice") == 0
+    assert a._client is not None
+    assert await a._client.hlen("jobpool:inflight") == 0  # no field left per past client
+    assert await a.purge(time.time() + 3600) == 4  # purging final jobs changes nothing
+    assert await a.inflight("alice") == 0
+    await a.close()
+
+
+async def test_jobs_of_a_dead_host_count_once_until_the_host_that_takes_them_ends_them(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A host that stops renewing keeps its jobs counted; taken over, they count once; ended,
+    they count no more."""
+    a = await opened(redis_url, tmp_path, "a", client_max_inflight=2)
+    b = await opened(redis_url, tmp_path, "b", client_max_inflight=2)
+    now = time.time()
+    jobs = [record(state=JobState.RUNNING, started_at=now, attempts=1) for _ in range(2)]
+    for job in jobs:
+        assert await a.add(job) is JobState.RUNNING
+    silence(a)  # a dies with both
+    with pytest.raises(TooManyJobs):
+        await b.add(record())
+    await asyncio.sleep(LEASE_S * 1.5)
+    await b.adopt_orphans()
+    taken = await b.claim(ROOM, now + 1)
+    assert sorted(r.id for r in taken) == sorted(j.id for j in jobs)
+    assert await b.inflight("alice") == 2
+    with pytest.raises(TooManyJobs):
+        await b.add(record())
+    for job in taken:
+        await b.finish(job, JobState.SUCCEEDED, now + 2, result=None, error=None)
+    assert await b.inflight("alice") == 0
+    assert await b.add(record()) is JobState.QUEUED
+    await a.close()
+    await b.close()

@@ -53,11 +53,13 @@ PULL_RETRY_S = 1.0
 
 
 class Quota(Protocol):
-    """Jobs in flight per owner (a cap may refuse one); see :class:`service.limits.HostLimits`.
+    """Jobs in flight per owner (a cap may refuse one); see :mod:`service.client_limits`.
 
-    A job counts on the worker that holds it: from its submit (or resume, or claim from a
-    shared queue) until it ends there. A job waiting in a fleet's shared queue is held by
-    no worker and counts nowhere.
+    On one host (:class:`service.limits.HostLimits`) a job counts on the worker that holds
+    it: from its submit (or resume) until it ends there. With a fleet's shared store the
+    store counts them itself, in the steps that change a job's state, queued ones
+    included, and its ``add`` refuses a job over the cap (TooManyJobs); these hooks do
+    nothing then (:class:`service.fleet_limits.FleetLimits`).
     """
 
     def acquire(self, owner: str) -> None:
@@ -354,6 +356,8 @@ class JobLayer:
                 self.events.rejected(
                     spec.name, ev.SHUTTING_DOWN if shutting else ev.STORE_UNAVAILABLE
                 )
+            elif isinstance(ex, TooManyJobs):  # a shared store counts the client's jobs
+                self.events.rejected(spec.name, ev.CLIENT_LIMIT)
             slots.release()
             self.quota.release(owner)
             if starts_now:
@@ -374,7 +378,7 @@ class JobLayer:
             record = record.replace(state=JobState.QUEUED, started_at=None, attempts=0)
         if self.store.shares_queue:
             # It waits in the store (bounded there), where any worker with room takes it;
-            # it counts as in flight where it is taken (the quota counts held jobs).
+            # the store counts it in flight (the quota's hooks count held jobs only).
             slots.release()
             self.quota.release(owner)
             self._want_work(spec.pool)

@@ -16,6 +16,14 @@ Streams (group ``jobpool`` on each):
   XAUTOCLAIM hands it to a live worker, which puts the job back in its queue.
 
 A job's hash holds ``entry`` and ``stream``: the one stream entry that stands for it now.
+
+Jobs in flight per owner (the hash ``inflight``: owner -> jobs queued or running) change
+only in the scripts that move a job into those states (ADD) or out of them (FINISH,
+CANCEL), in the same step as the job's own state. So the count is exactly as durable as the
+jobs: a host that dies leaves its jobs ``running``, they still count, and they stop counting
+when whoever takes them over ends them. Moves between queued and running (START, CLAIM,
+REQUEUE, a takeover) leave it alone. ADD refuses a job over the owner's cap in the step
+that would store it, so the cap holds exactly, fleet-wide.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ PRELUDE = r"""
 local P = ARGV[1]
 local G = 'jobpool'
 local RUN = P .. 'running'
+local INFLIGHT = P .. 'inflight'
 
 local function field(job, name)
   return redis.call('HGET', job, name)
@@ -54,6 +63,15 @@ local function enqueue(job, id)
   local e = redis.call('XADD', q, '*', 'job', id)
   redis.call('HSET', job, 'entry', e, 'stream', q)
   return e
+end
+
+-- The job leaves queued/running for good: its owner has one job fewer in flight. A job
+-- stored before the count existed may find none: the count never goes below zero.
+local function count_out(job)
+  local owner = redis.call('HGET', job, 'owner')
+  if owner and redis.call('HINCRBY', INFLIGHT, owner, -1) <= 0 then
+    redis.call('HDEL', INFLIGHT, owner)
+  end
 end
 
 -- queued -> running for consumer `me`: one more attempt, and a lease entry of its own.
@@ -100,24 +118,32 @@ local function interrupt(e, reason)
 end
 """
 
-#: ARGV: prefix, id, pool, want running (1/0), queue max, consumer, now, field, value, …
-#: Returns {state, entry}: running (leased by the consumer), queued, or full (not stored).
+#: ARGV: prefix, id, pool, want running (1/0), queue max, consumer, now, owner, owner's cap
+#: of jobs in flight (0: none), field, value, … Returns {state, entry}: running (leased by
+#: the consumer), queued, or not stored: {full, jobs waiting} or {client_limit, in flight}.
 ADD = r"""
 local id, pool, want, qmax, me, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local owner, cap = ARGV[8], tonumber(ARGV[9])
 local job = P .. 'job:' .. id
 if redis.call('EXISTS', job) == 1 then  -- a retry of an add that was stored
   return {redis.call('HGET', job, 'state'), redis.call('HGET', job, 'entry') or ''}
 end
+if cap > 0 then
+  local held = tonumber(redis.call('HGET', INFLIGHT, owner) or '0')
+  if held >= cap then return {'client_limit', tostring(held)} end
+end
 local waiting = redis.call('XLEN', P .. 'queue:' .. pool)
 if want == '1' and waiting == 0 then
   ensure_running()
-  redis.call('HSET', job, 'pool', pool, 'attempts', 0, unpack(ARGV, 8))
+  redis.call('HSET', job, 'pool', pool, 'attempts', 0, unpack(ARGV, 10))
+  redis.call('HINCRBY', INFLIGHT, owner, 1)
   return {'running', start(job, id, me, now)}
 end
 if waiting >= qmax then
   return {'full', tostring(waiting)}
 end
-redis.call('HSET', job, 'pool', pool, 'state', 'queued', 'attempts', 0, unpack(ARGV, 8))
+redis.call('HSET', job, 'pool', pool, 'state', 'queued', 'attempts', 0, unpack(ARGV, 10))
+redis.call('HINCRBY', INFLIGHT, owner, 1)
 return {'queued', enqueue(job, id)}
 """
 
@@ -179,6 +205,7 @@ local i = write_items(id, ARGV[5], 6)
 local was = redis.call('HGET', job, 'state')
 if was ~= 'queued' and was ~= 'running' then return was or false end
 drop_entry(job)
+count_out(job)
 local n = tonumber(ARGV[i])
 if n > 0 then redis.call('HSET', job, unpack(ARGV, i + 1, i + 2 * n)) end
 i = i + 1 + 2 * n
@@ -213,6 +240,7 @@ local job = P .. 'job:' .. id
 local state = redis.call('HGET', job, 'state')
 if state ~= 'queued' then return state or false end
 drop_entry(job)
+count_out(job)
 redis.call('HSET', job, 'state', 'cancelled', 'finished', now)
 redis.call('ZADD', P .. 'finished', now, id)
 return 'cancelled'

@@ -15,6 +15,13 @@ Why the worker still claims a host-local slot (a ``flock``ed file in the state d
 the slot shares out the host's cpu budget, and names this worker in Redis
 (``host/host-id/slot``), so the worker that replaces a dead one finds what it left at once,
 without waiting for its leases to run out.
+
+Jobs in flight per client are counted here, by the scripts that change a job's state (see
+:mod:`service.jobs.redis_lua`), and :meth:`RedisStore.add` refuses a client's job over
+``client_max_inflight`` (``JOBPOOL_CLIENT_MAX_INFLIGHT``) with :class:`TooManyJobs`: the
+store is the one place that sees every host's jobs, and the check and the write are one
+step. Other modules may run scripts of their own through the same pipeline
+(:meth:`RedisStore.define`, :meth:`RedisStore.script`): :mod:`service.fleet_limits` does.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from service.config import StoreUrl
-from service.errors import Overloaded, StoreUnavailable
+from service.errors import Overloaded, StoreUnavailable, TooManyJobs
 from service.ids import id_floor, id_time
 from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
 from service.jobs.redis_lua import PRELUDE, SCRIPTS
@@ -127,6 +134,7 @@ class RedisStore:
         result_max: int,
         lease_s: float,
         queue_max: int,
+        client_max_inflight: int = 0,
     ) -> None:
         self.url = url
         self.state_dir = state_dir
@@ -136,6 +144,7 @@ class RedisStore:
         self.result_max = result_max
         self.lease_s = lease_s
         self.queue_max = queue_max
+        self.client_max_inflight = client_max_inflight
         self.slot = -1
         self.consumer = ""
         self._lock_fd: int | None = None
@@ -208,6 +217,18 @@ class RedisStore:
     def _script(self, name: str, *args: Any) -> asyncio.Future[Any]:
         return self._call("EVALSHA", self._scripts[name].sha, 0, PREFIX, *args)
 
+    def define(self, name: str, body: str) -> None:
+        """Add the script ``body`` (written after :data:`PRELUDE`: ``ARGV[1]`` is the key
+        prefix) under ``name``, for :meth:`script`; before :meth:`open`."""
+        if name in self._scripts and self._scripts[name].text != PRELUDE + body:
+            raise ValueError(f"another script is defined as {name!r}")
+        self._scripts[name] = _Script(body)
+
+    def script(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        """Run the script ``name`` with ``args`` after the prefix, in this tick's pipeline;
+        the future fails with :class:`StoreUnavailable` when Redis cannot be reached."""
+        return self._script(name, *args)
+
     async def _flush(self) -> None:
         try:
             while self._pending:
@@ -278,8 +299,15 @@ class RedisStore:
         want = "1" if record.state is JobState.RUNNING else "0"
         state, entry = await self._script(
             "add", record.id, self.lane_of(record.name), want, self.queue_max, self.consumer,
-            _num(record.started_at or record.created_at), *fields,
+            _num(record.started_at or record.created_at), record.owner,
+            self.client_max_inflight, *fields,
         )  # fmt: skip
+        if state == b"client_limit":
+            raise TooManyJobs(
+                f"{self.client_max_inflight} jobs of this client are queued or running in the"
+                " fleet (JOBPOOL_CLIENT_MAX_INFLIGHT); retry when some have finished",
+                retry_after_s=1,
+            )
         if state == b"full":
             pool = self.lane_of(record.name)
             raise Overloaded(
@@ -382,6 +410,11 @@ class RedisStore:
     async def cancel(self, job_id: str, now: float) -> JobState | None:
         state = await self._script("cancel", job_id, _num(now))
         return None if state is None else JobState(state.decode())
+
+    async def inflight(self, owner: str) -> int:
+        """Jobs of ``owner`` queued or running in the fleet, as the scripts count them."""
+        count = await self._call("HGET", PREFIX + "inflight", owner)
+        return 0 if count is None else int(count)
 
     async def get(self, job_id: str) -> JobRecord | None:
         values = await self._call("HMGET", PREFIX + "job:" + job_id, *RECORD_FIELDS)
