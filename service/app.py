@@ -22,6 +22,7 @@ from service.api.middleware import Lifecycle, RequestId, Telemetry
 from service.api.openapi import OpenApiResource, document
 from service.api.parcels import ParcelResource, ParcelsResource
 from service.api.search import SearchResource
+from service.client_limits import for_store
 from service.config import Settings, port_of
 from service.errors import ShuttingDown
 from service.jobs.cpu_pool import CpuPool
@@ -33,7 +34,6 @@ from service.jobs.sqlite_store import SqliteStore
 from service.jobs.store import Store
 from service.jobs.tokens import HostTokens
 from service.keys import Keyring
-from service.limits import HostLimits
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -87,16 +87,13 @@ class Service:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         s = settings
-        self.limits = HostLimits(
-            s.state_dir / "limits",
-            rate=s.client_rate,
-            burst=s.client_burst,
-            max_inflight=s.client_max_inflight,
-        )
+        store = make_store(s, registry)
+        # Host-wide limits with SQLite, fleet-wide ones kept in the fleet's Redis.
+        self.limits = for_store(s, store)
         self.metrics = Metrics() if s.metrics else None
         self.layer = JobLayer(
             registry=registry,
-            store=make_store(s, registry),
+            store=store,
             io_pool=IoPool(s.io_threads),
             cpu_pool_factory=self._cpu_pool,
             io_queue_max=s.io_queue_max,

@@ -1,5 +1,9 @@
 """Per-client fair limits, the same for every gunicorn worker of a host.
 
+This is what a host with the SQLite store applies; with the Redis store the same limits
+hold across the fleet instead (:mod:`service.fleet_limits`, picked by
+:func:`service.client_limits.for_store`).
+
 Two limits, each switched off by 0:
 
 * **rate** (``JOBPOOL_CLIENT_RATE`` requests/s, ``JOBPOOL_CLIENT_BURST``): a token bucket
@@ -281,8 +285,11 @@ class HostLimits:
 
     # -- the rate ---------------------------------------------------------------------
 
-    def take(self, client: str) -> None:
-        """Take one request token of ``client``; :class:`RateLimited` when there is none."""
+    async def take(self, client: str) -> None:
+        """Take one request token of ``client``; :class:`RateLimited` when there is none.
+
+        A coroutine only to share :class:`~service.client_limits.ClientLimits` with the
+        fleet's limits: it never waits."""
         if self.rate <= 0 or self._map is None:
             return
         i = self._entry(client)

@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio
 from falcon import testing
 
 from service.app import create_app
@@ -16,8 +17,7 @@ from service.jobs.redis_store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.state import JobState
 from service.keys import env_entries
-from service.limits import HostLimits
-from tests.clients import ALICE, API_KEYS, bearer
+from tests.clients import ALICE, API_KEYS, BOB, bearer
 from tests.conftest import SEED_BATCH
 from tests.extension import extend
 from tests.test_inprocess import final
@@ -188,25 +188,27 @@ async def test_a_job_a_crash_cut_off_runs_alone_on_the_host_that_takes_it(
     await ghost.close()
 
 
-def held(state_dir: Path, owner: str) -> int:
-    """Jobs of ``owner`` the host with ``state_dir`` counts in flight (its limits table)."""
-    limits = HostLimits(state_dir / "limits", rate=0, burst=1, max_inflight=1)
-    limits.open()
+async def inflight(url: str, owner: str) -> int:
+    """Jobs of ``owner`` the fleet's Redis counts in flight."""
+    client = redis.asyncio.Redis.from_url(url)
     try:
-        return limits.inflight(owner)
+        count = await client.hget("jobpool:inflight", owner)
     finally:
-        limits.close()
+        await client.aclose()
+    return 0 if count is None else int(count)
 
 
-async def test_a_job_counts_in_flight_on_the_host_that_holds_it(
+async def test_a_clients_jobs_count_in_flight_fleet_wide_queued_ones_too(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """A job queued in the fleet counts where it is taken, and stops counting when it ends."""
+    """Running and queued jobs count on the client's cap on every host, until they end."""
     gate = tmp_path / "gate"
-    async with hosts(tmp_path, redis_url, "a", "b", io_threads=1) as (a, b):
+    wait = {"path": str(gate)}
+    capped = {"io_threads": 1, "client_max_inflight": 3}
+    async with hosts(tmp_path, redis_url, "a", "b", **capped) as (a, b):
         try:
-            first = await a.simulate_post("/test/jobs/test.wait_for", json={"path": str(gate)})
-            second = await a.simulate_post("/test/jobs/test.wait_for", json={"path": str(gate)})
+            first = await a.simulate_post("/test/jobs/test.wait_for", json=wait)
+            second = await a.simulate_post("/test/jobs/test.wait_for", json=wait)
             assert (first.json["state"], second.json["state"]) == ("running", "queued")
             for _ in range(200):  # b has a free thread: it takes the queued one
                 doc = (await b.simulate_get(f"/v1/jobs/{second.json['job']}")).json
@@ -214,15 +216,24 @@ async def test_a_job_counts_in_flight_on_the_host_that_holds_it(
                     break
                 await asyncio.sleep(0.02)
             assert doc["state"] == "running"
-            assert (held(tmp_path / "a", "alice"), held(tmp_path / "b", "alice")) == (1, 1)
+            third = await a.simulate_post("/test/jobs/test.wait_for", json=wait)
+            assert third.json["state"] == "queued"  # no thread free in the fleet
+            assert await inflight(redis_url, "alice") == 3
+            for host in (a, b):  # the queued one counts too, on every host
+                refused = await host.simulate_post("/test/jobs/test.wait_for", json=wait)
+                assert refused.status_code == 429, refused.text
+                assert "JOBPOOL_CLIENT_MAX_INFLIGHT" in refused.json["detail"]
+            other = await b.simulate_post("/v1/echo", json={}, headers=bearer(BOB))
+            assert other.status_code == 202  # bob has a cap of his own
+            assert (await b.simulate_delete(f"/v1/jobs/{third.json['job']}")).status_code == 200
+            assert await inflight(redis_url, "alice") == 2  # cancelled: it no longer counts
+            fourth = await b.simulate_post("/test/jobs/test.wait_for", json=wait)
+            assert fourth.status_code == 202
+            again = await b.simulate_post("/test/jobs/test.wait_for", json=wait)
+            assert again.status_code == 429
             gate.touch()
-            for job in (first.json["job"], second.json["job"]):
+            for job in (first.json["job"], second.json["job"], fourth.json["job"]):
                 assert (await final(a, job))["state"] == "succeeded"
-            for _ in range(200):
-                counts = (held(tmp_path / "a", "alice"), held(tmp_path / "b", "alice"))
-                if counts == (0, 0):
-                    break
-                await asyncio.sleep(0.02)
-            assert counts == (0, 0)
+            assert await inflight(redis_url, "alice") == 0  # ended with the step that ends them
         finally:
             gate.touch()  # a failed check must not leave the jobs waiting forever

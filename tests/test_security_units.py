@@ -172,40 +172,40 @@ def limits(tmp_path: Path, clock: Clock, **kw: float) -> HostLimits:
     return h
 
 
-def test_token_bucket_allows_a_burst_then_the_rate(tmp_path: Path) -> None:
+async def test_token_bucket_allows_a_burst_then_the_rate(tmp_path: Path) -> None:
     """burst 3 at 2/s: three at once, then one each half second; Retry-After rounds up."""
     clock = Clock()
     h = limits(tmp_path, clock, rate=2.0, burst=3)
     for _ in range(3):
-        h.take("alice")
+        await h.take("alice")
     with pytest.raises(RateLimited) as info:
-        h.take("alice")
+        await h.take("alice")
     assert info.value.retry_after_s == 1
-    h.take("bob")  # another client has its own bucket
+    await h.take("bob")  # another client has its own bucket
     clock.now += 0.5
-    h.take("alice")
+    await h.take("alice")
     with pytest.raises(RateLimited):
-        h.take("alice")
+        await h.take("alice")
     clock.now += 100
     for _ in range(3):
-        h.take("alice")
+        await h.take("alice")
     with pytest.raises(RateLimited):
-        h.take("alice")
+        await h.take("alice")
     h.close()
 
 
-def test_two_workers_share_one_bucket_and_one_cap(tmp_path: Path) -> None:
+async def test_two_workers_share_one_bucket_and_one_cap(tmp_path: Path) -> None:
     """Two HostLimits on one directory (two workers) draw from the same budget."""
     clock = Clock()
     one = limits(tmp_path, clock, rate=1.0, burst=4, max_inflight=3)
     two = limits(tmp_path, clock, rate=1.0, burst=4, max_inflight=3)
     assert one.slot != two.slot
-    one.take("alice")
-    two.take("alice")
-    one.take("alice")
-    two.take("alice")
+    await one.take("alice")
+    await two.take("alice")
+    await one.take("alice")
+    await two.take("alice")
     with pytest.raises(RateLimited):
-        one.take("alice")
+        await one.take("alice")
     one.acquire("alice")
     two.acquire("alice")
     two.acquire("alice")
@@ -220,7 +220,7 @@ def test_two_workers_share_one_bucket_and_one_cap(tmp_path: Path) -> None:
     one.close()
 
 
-def test_leased_tokens_never_admit_more_than_the_bucket(tmp_path: Path) -> None:
+async def test_leased_tokens_never_admit_more_than_the_bucket(tmp_path: Path) -> None:
     """With leases (rate 1000/s, burst 100), two workers together admit exactly the burst."""
     clock = Clock()
     one = limits(tmp_path, clock, rate=1000.0, burst=100)
@@ -230,7 +230,7 @@ def test_leased_tokens_never_admit_more_than_the_bucket(tmp_path: Path) -> None:
     while not all(refused.values()):
         for n, h in ((1, one), (2, two)):
             try:
-                h.take("alice")
+                await h.take("alice")
             except RateLimited:
                 refused[n] = True
             else:
@@ -238,18 +238,18 @@ def test_leased_tokens_never_admit_more_than_the_bucket(tmp_path: Path) -> None:
     assert admitted == 100
     clock.now += 0.0105  # 10.5 tokens later: 10 more, whichever worker asks
     for _ in range(10):
-        two.take("alice")
+        await two.take("alice")
     with pytest.raises(RateLimited):
-        two.take("alice")
+        await two.take("alice")
     one.close()
     two.close()
 
 
-def test_zero_switches_each_limit_off(tmp_path: Path) -> None:
+async def test_zero_switches_each_limit_off(tmp_path: Path) -> None:
     """rate 0 and max_inflight 0: nothing is refused and no table is made."""
     h = limits(tmp_path, Clock(), rate=0.0, max_inflight=0)
     for _ in range(10_000):
-        h.take("alice")
+        await h.take("alice")
         h.acquire("alice")
     assert not (tmp_path / "limits").exists()
 

@@ -7,15 +7,16 @@ In order, for every request:
    gunicorn's, before the app sees anything (``gunicorn.conf.py``).
 2. :class:`Authenticate` finds the client of the ``Authorization: Bearer`` key (401 with
    ``WWW-Authenticate`` otherwise), sets ``req.context.owner`` to its name, and takes one
-   token of the client's host-wide request rate (429 with ``Retry-After``). The health
-   routes stay open: the load balancer checks them without a key.
+   token of the client's request rate (429 with ``Retry-After``): host-wide, or fleet-wide
+   with the Redis store. The health routes stay open: the load balancer checks them without
+   a key.
 3. :class:`BodyLimit`, once the route is known, refuses a declared body over the route's
    limit (413) before anything reads it: a resource's ``body_max`` attribute (named in the
    answer by its ``body_max_setting``), else ``JOBPOOL_BODY_MAX``; GET, HEAD, DELETE and
    OPTIONS take no body.
 
 The per-client cap on jobs in flight is the job layer's (it knows when a job ends); see
-:mod:`service.limits`.
+:mod:`service.client_limits`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from typing import Any
 
 import falcon.asgi
 
+from service.client_limits import ClientLimits
 from service.config import Settings
 from service.errors import BadRequest, TooLarge, UriTooLong
 from service.keys import Keyring
-from service.limits import HostLimits
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Authenticate:
     def __init__(
         self,
         keyring: Keyring | None,
-        limits: HostLimits,
+        limits: ClientLimits,
         *,
         open_paths: Iterable[str] = OPEN_PATHS,
     ) -> None:
@@ -84,7 +85,7 @@ class Authenticate:
         else:
             owner = self.keyring.authenticate(req.get_header("Authorization"))
         req.context.owner = owner
-        self.limits.take(owner)
+        await self.limits.take(owner)
 
 
 class BodyLimit:
@@ -113,7 +114,7 @@ class BodyLimit:
             raise TooLarge(f"the body has {length} bytes; the limit is {limit} ({setting})")
 
 
-def middleware(settings: Settings, keyring: Keyring | None, limits: HostLimits) -> list[object]:
+def middleware(settings: Settings, keyring: Keyring | None, limits: ClientLimits) -> list[object]:
     """The security middleware, in order, for ``create_app``."""
     if keyring is None:
         log.warning(

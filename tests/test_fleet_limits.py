@@ -1,0 +1,155 @@
+"""Fleet-wide client rate limits in a real Redis: one bucket per client for all hosts, leased.
+
+The fleet-wide cap on jobs in flight is the store's: see tests/test_redis_store.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.errors import RateLimited, StoreUnavailable
+from service.fleet_limits import LEASE_S, FleetLimits
+from service.jobs.redis_store import RedisStore
+from tests.redis_server import RedisServer
+from tests.test_redis_store import make
+from tests.test_security_units import Clock
+
+
+class Fleet:
+    """Workers of different hosts on one Redis: a store and its limits each."""
+
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
+        self.tmp_path = tmp_path
+        self.stores: list[RedisStore] = []
+
+    async def worker(
+        self, host: str, *, rate: float = 0.0, burst: int = 1, **kw: Any
+    ) -> FleetLimits:
+        store = make(self.url, self.tmp_path, host)
+        limits = FleetLimits(store, rate=rate, burst=burst, max_inflight=0, **kw)
+        await store.open()
+        limits.open()
+        self.stores.append(store)
+        return limits
+
+    async def close(self) -> None:
+        for store in self.stores:
+            await store.close()
+
+
+@pytest.fixture
+async def fleet(redis_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
+    f = Fleet(redis_url, tmp_path)
+    yield f
+    await f.close()
+
+
+async def script_calls(store: RedisStore) -> int:
+    """EVALSHA commands Redis has run so far (every script of every worker)."""
+    assert store._client is not None
+    stats: dict[str, Any] = await store._client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+# -- the rate -------------------------------------------------------------------------
+
+
+async def test_hosts_draw_on_one_bucket_per_client(fleet: Fleet) -> None:
+    """A burst of 4 at 0.01/s is the client's across hosts: 4 requests pass in all, then 429."""
+    a = await fleet.worker("a", rate=0.01, burst=4)
+    b = await fleet.worker("b", rate=0.01, burst=4)
+    assert a.lease_max == 1  # a small bucket is exact: one token at a time
+    for limits in (a, b, a, b):
+        await limits.take("alice")
+    for limits in (a, b):
+        with pytest.raises(RateLimited, match="JOBPOOL_CLIENT_RATE") as info:
+            await limits.take("alice")
+        assert 1 <= info.value.retry_after_s <= 100
+    await b.take("bob")  # another client has its own bucket
+
+
+async def test_leases_never_admit_more_than_the_bucket_and_save_round_trips(
+    fleet: Fleet,
+) -> None:
+    """Leased tokens (rate 1000/s, burst 100): two hosts admit at least the burst and at most
+    the burst plus what the rate added meanwhile, in far fewer round trips than requests."""
+    rate, burst = 1000.0, 100
+    a = await fleet.worker("a", rate=rate, burst=burst)
+    b = await fleet.worker("b", rate=rate, burst=burst)
+    assert a.lease_max > 1
+    calls_before = await script_calls(a.store)
+    began = time.monotonic()
+    admitted, refused = 0, {"a": False, "b": False}
+    while not all(refused.values()):
+        for name, limits in (("a", a), ("b", b)):
+            try:
+                await limits.take("alice")
+            except RateLimited:
+                refused[name] = True
+            else:
+                admitted += 1
+    elapsed = time.monotonic() - began
+    refills = await script_calls(a.store) - calls_before
+    assert burst <= admitted <= burst + rate * elapsed + 1
+    assert refills < admitted / 2, (refills, admitted)
+
+
+async def test_concurrent_requests_share_one_refill(fleet: Fleet) -> None:
+    """Requests of a client that find the lease spent wait for the refill on its way."""
+    a = await fleet.worker("a", rate=1000.0, burst=400, clock=Clock())
+    assert a.lease_max == 50
+    calls_before = await script_calls(a.store)
+    await asyncio.gather(*(a.take("alice") for _ in range(50)))
+    assert await script_calls(a.store) - calls_before == 1
+
+
+async def test_a_refusal_is_remembered_for_a_lease_so_a_flood_costs_few_round_trips(
+    fleet: Fleet,
+) -> None:
+    """Once refused, a client's requests are refused locally until LEASE_S has passed."""
+    clock = Clock()
+    a = await fleet.worker("a", rate=0.01, burst=1, clock=clock)
+    await a.take("alice")
+    calls_before = await script_calls(a.store)
+    for _ in range(100):
+        with pytest.raises(RateLimited):
+            await a.take("alice")
+    assert await script_calls(a.store) - calls_before == 1
+    clock.now += LEASE_S
+    with pytest.raises(RateLimited):
+        await a.take("alice")
+    assert await script_calls(a.store) - calls_before == 2  # asked again, still empty
+
+
+async def test_rate_zero_never_asks_redis(fleet: Fleet) -> None:
+    """rate 0 switches the rate limit off: nothing is refused, no script runs."""
+    a = await fleet.worker("a", rate=0.0)
+    calls_before = await script_calls(a.store)
+    for _ in range(1000):
+        await a.take("alice")
+    assert await script_calls(a.store) == calls_before
+
+
+async def test_redis_down_refuses_with_503_once_the_lease_is_spent(
+    redis_factory: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    """Without Redis a take raises StoreUnavailable (never unlimited); a lease held is spent."""
+    srv = redis_factory()
+    fleet = Fleet(srv.url, tmp_path)
+    a = await fleet.worker("a", rate=1000.0, burst=16, clock=Clock())
+    assert a.lease_max == 2
+    await a.take("alice")  # leases 2 tokens, spends one
+    srv.stop()
+    await a.take("alice")  # the second, from the lease
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        await a.take("alice")
+    srv.start()
+    await a.take("alice")
+    await fleet.close()
