@@ -311,7 +311,7 @@ class Settings:
     search_query_max: int = _setting(
         "SEARCH_QUERY_MAX", 256, _int(1, 8192), "search: characters of q"
     )
-    # -- security: API keys, per-client limits (host-wide), request limits ------------
+    # -- security: API keys, per-client limits (host- or fleet-wide), request limits ---
     auth: bool = _setting(
         "AUTH", True, _bool, "require an API key (not on health checks and /openapi.json)"
     )
@@ -322,13 +322,19 @@ class Settings:
         "API_KEYS_FILE", None, _optional_path, "file of API key entries, one a line"
     )
     client_rate: float = _setting(
-        "CLIENT_RATE", 1000.0, _float(0, 1e9), "requests/s per client on the host; 0: off"
+        "CLIENT_RATE",
+        1000.0,
+        _float(0, 1e9),
+        "requests/s per client on the host (in the fleet with Redis); 0: off",
     )
     client_burst: int = _setting(
         "CLIENT_BURST", 2000, _int(1), "requests a client may send at once above its rate"
     )
     client_max_inflight: int = _setting(
-        "CLIENT_MAX_INFLIGHT", 1000, _int(0), "jobs per client queued or running; 0: off"
+        "CLIENT_MAX_INFLIGHT",
+        1000,
+        _int(0),
+        "jobs per client queued or running on the host (in the fleet with Redis); 0: off",
     )
     url_max: int = _setting("URL_MAX", 4096, _int(64, 8190), "bytes of path and query")
     query_params_max: int = _setting(
