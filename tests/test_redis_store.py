@@ -332,3 +332,33 @@ async def test_jobs_of_a_dead_host_count_once_until_the_host_that_takes_them_end
     assert await b.add(record()) is JobState.QUEUED
     await a.close()
     await b.close()
+
+
+async def test_a_count_that_drifted_is_made_exact_again_by_a_recount(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Counts a worker of an older version left wrong (no count on add, none taken off at the
+    end) are replaced by the jobs the streams hold, once per interval in the fleet."""
+    a = await opened(redis_url, tmp_path, client_max_inflight=3)
+    assert a._client is not None
+    now = time.time()
+    await a.add(record(state=JobState.RUNNING, started_at=now, attempts=1))
+    await a.add(record())
+    await a.add(record(owner="bob"))
+    await a.add(record("cpu.spin", owner="bob"))
+    done = record()
+    await a.add(done)
+    await a.cancel(done.id, now)
+    await a._client.hset("jobpool:inflight", mapping={"alice": 7, "carol": 2})  # drifted
+    with pytest.raises(TooManyJobs):
+        await a.add(record())
+    assert await a.recount(every_s=3600) == 4
+    assert await a._client.hgetall("jobpool:inflight") == {b"alice": b"2", b"bob": b"2"}
+    assert await a.add(record()) is JobState.QUEUED
+    await a._client.hdel("jobpool:inflight", "alice")
+    assert await a.purge(now) == 0
+    assert await a.inflight("alice") == 0  # recounted within the hour: not again yet
+    await a._client.delete("jobpool:recounted")
+    assert await a.purge(now) == 0
+    assert await a.inflight("alice") == 3
+    await a.close()

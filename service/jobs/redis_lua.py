@@ -23,7 +23,10 @@ CANCEL), in the same step as the job's own state. So the count is exactly as dur
 jobs: a host that dies leaves its jobs ``running``, they still count, and they stop counting
 when whoever takes them over ends them. Moves between queued and running (START, CLAIM,
 REQUEUE, a takeover) leave it alone. ADD refuses a job over the owner's cap in the step
-that would store it, so the cap holds exactly, fleet-wide.
+that would store it, so the cap holds exactly, fleet-wide. RECOUNT counts them all again
+from the streams (every queued job has an entry in its queue, every running one in
+``running``), now and then: what a worker of an older version did without counting (during
+a rolling upgrade), or anything else that made the count drift, lasts until then at most.
 """
 
 from __future__ import annotations
@@ -332,6 +335,30 @@ end
 return #ids
 """
 
+#: ARGV: prefix, least ms between two recounts in the fleet, pool, … Counts each owner's
+#: jobs in flight again from the streams and puts the counts in place of the kept ones;
+#: returns how many jobs it counted, or -1 when another worker recounted lately.
+RECOUNT = r"""
+if not redis.call('SET', P .. 'recounted', '1', 'NX', 'PX', ARGV[2]) then return -1 end
+local counts, total = {}, 0
+local function count(stream, state)
+  if redis.call('EXISTS', stream) == 0 then return end
+  for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+')) do
+    local job = P .. 'job:' .. entry[2][2]
+    local h = redis.call('HMGET', job, 'entry', 'state', 'owner')
+    if h[1] == entry[1] and h[2] == state and h[3] then
+      counts[h[3]] = (counts[h[3]] or 0) + 1
+      total = total + 1
+    end
+  end
+end
+for i = 3, #ARGV do count(P .. 'queue:' .. ARGV[i], 'queued') end
+count(RUN, 'running')
+redis.call('DEL', INFLIGHT)
+for owner, n in pairs(counts) do redis.call('HSET', INFLIGHT, owner, n) end
+return total
+"""
+
 SCRIPTS = {
     "add": ADD,
     "start": START,
@@ -344,4 +371,5 @@ SCRIPTS = {
     "recover_idle": RECOVER_IDLE,
     "renew": RENEW,
     "purge": PURGE,
+    "recount": RECOUNT,
 }
