@@ -16,7 +16,7 @@ from falcon.routing import map_http_methods
 
 from service.api.openapi import document
 from service.app import create_app
-from service.config import Settings
+from service.config import Settings, StoreUrl
 from tests.conftest import SEED_BATCH
 from tests.imagegen import encode, not_an_image, photo_image
 
@@ -99,6 +99,20 @@ def test_every_reference_resolves_and_every_operation_is_complete(
                 assert not status.startswith("5") or status == "503", (path, method, status)
     assert len(ids) == len(set(ids))
     jsonschema.Draft202012Validator.check_schema(doc["components"]["schemas"]["Batch"])
+
+
+def test_with_the_redis_store_every_keyed_operation_may_answer_503(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Client limits kept in the fleet's Redis: an operation that takes a key may answer 503."""
+    fleet = document(make_settings(store_url=StoreUrl("redis", "redis://127.0.0.1:1/0")))
+    host = document(make_settings())
+    for path, item in fleet["paths"].items():
+        for method, op in item.items():
+            if op.get("security") == []:  # open: the same answers as on one host
+                assert op["responses"] == host["paths"][path][method]["responses"]
+            else:
+                assert "503" in op["responses"], (path, method)
 
 
 def schema_for(doc: dict[str, Any], path: str, method: str, status: int, ctype: str) -> Any:

@@ -586,7 +586,8 @@ def _version() -> str:
 def _secure(paths: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Every operation may answer 400 and 414 (request limits); all but the open ones take a
     bearer key and may answer 401 and 429 (none with JOBPOOL_AUTH=off; /metrics is open on
-    a listener of its own, as the security middleware has it)."""
+    a listener of its own, as the security middleware has it), and with the Redis store 503
+    (the client's rate is kept there)."""
     open_paths = OPEN_PATHS | ({"/metrics"} if settings.metrics_bind else set())
     for path, operations in paths.items():
         for operation in operations.values():
@@ -608,6 +609,12 @@ def _secure(paths: dict[str, Any], settings: Settings) -> dict[str, Any]:
                 "Over a client limit: the request rate, or the jobs in flight.",
                 {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
             ))  # fmt: skip
+            if settings.store.is_redis:  # the client's rate is kept in the fleet's Redis
+                responses.setdefault("503", _problem(
+                    "The fleet's Redis (the job store, where client limits are kept) is"
+                    " unreachable: retry after Retry-After.",
+                    {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
+                ))  # fmt: skip
     return paths
 
 
