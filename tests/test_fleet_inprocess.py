@@ -119,6 +119,9 @@ async def test_a_full_fleet_queue_answers_503(redis_url: str, tmp_path: Path) ->
         assert r.status_code == 503
         assert r.headers["retry-after"] == "1"
         assert "JOBPOOL_FLEET_QUEUE_MAX" in r.json["detail"]
+        metrics = (await a.simulate_get("/metrics")).text
+        refused = 'jobpool_jobs_rejected_total{job="test.sleep",reason="overloaded"} 1.0'
+        assert refused in metrics
 
 
 async def test_a_job_runs_at_most_max_attempts_times_in_all(redis_url: str, tmp_path: Path) -> None:

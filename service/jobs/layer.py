@@ -358,6 +358,8 @@ class JobLayer:
                 )
             elif isinstance(ex, TooManyJobs):  # a shared store counts the client's jobs
                 self.events.rejected(spec.name, ev.CLIENT_LIMIT)
+            elif isinstance(ex, Overloaded):  # a shared store's queue is full
+                self.events.rejected(spec.name, ev.OVERLOADED)
             slots.release()
             self.quota.release(owner)
             if starts_now:
