@@ -29,6 +29,7 @@ from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
 from service.jobs.registry import JobSpec
 from service.jobs.state import JobState
 from service.jobs.store import Store
+from service.jobs.unwritten import UnwrittenEnds
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Batch:
 
     __slots__ = (
         "closed", "done", "ended_at", "error", "failed", "failures", "keyed", "left", "on_end",
-        "record", "slots", "spec", "state",
+        "record", "slots", "spec", "state", "unconfirmed",
     )  # fmt: skip
 
     def __init__(
@@ -141,6 +142,10 @@ class Batch:
         self.failures: list[dict[str, Any]] = []
         #: (key, value) of items that succeeded since the last write.
         self.keyed: list[tuple[str, Any]] = []
+        #: Item rows handed to progress writes not known to be committed yet. The end
+        #: writes them again (an upsert: harmless twice), so a failed progress write never
+        #: loses a row of a job that the end says succeeded.
+        self.unconfirmed: list[list[tuple[str, Any]]] = []
         #: Set once its end is being written, or when shutdown gave up on it.
         self.closed = False
         #: Its final state, error and end time, once written (state None: it was not).
@@ -154,17 +159,26 @@ class Batch:
 
     def progress(self) -> BatchProgress:
         progress = BatchProgress(self.done, self.failed, self.keyed)
+        self.unconfirmed.append(self.keyed)
         self.keyed = []
         return progress
+
+    def confirmed(self, rows: list[tuple[str, Any]]) -> None:
+        self.unconfirmed = [u for u in self.unconfirmed if u is not rows]
+
+    def _final_progress(self) -> BatchProgress:
+        keyed = [row for rows in self.unconfirmed for row in rows] + self.keyed
+        self.unconfirmed, self.keyed = [], []
+        return BatchProgress(self.done, self.failed, keyed)
 
     def end(self) -> JobEnd:
         total = self.done + self.failed
         failures = sorted(self.failures, key=lambda f: int(f["index"]))
         result = {"total": total, "done": self.done, "failed": self.failed, "failures": failures}
         if not failures:
-            return JobEnd(self.record, JobState.SUCCEEDED, result, None, self.progress())
+            return JobEnd(self.record, JobState.SUCCEEDED, result, None, self._final_progress())
         error = f"{self.failed} of {total} items failed; first: {failures[0]['error']}"
-        return JobEnd(self.record, JobState.FAILED, result, error, self.progress())
+        return JobEnd(self.record, JobState.FAILED, result, error, self._final_progress())
 
 
 class _Chunk:
@@ -187,10 +201,12 @@ class BatchRunner:
         clock: Callable[[], float],
         *,
         on_chunk_done: Callable[[], None] = lambda: None,
+        unwritten: UnwrittenEnds | None = None,
     ) -> None:
         self.io = io
         self.store = store
         self.clock = clock
+        self.unwritten = UnwrittenEnds() if unwritten is None else unwritten
         self.on_chunk_done = on_chunk_done
         #: Chunks handed to the io pool whose thread has not reported back yet.
         self.chunks_in_flight = 0
@@ -324,7 +340,9 @@ class BatchRunner:
         try:
             await self.store.progress(batch.record, progress)
         except StoreUnavailable as ex:
-            log.error("job %s: %s", batch.record.id, ex.detail)
+            log.error("job %s: %s", batch.record.id, ex.detail)  # its end writes them
+        else:
+            batch.confirmed(progress.keyed)
 
     def _end(self, batches: list[Batch]) -> None:
         if batches:
@@ -335,8 +353,9 @@ class BatchRunner:
         try:
             await self.store.finish_many(ends, now)
         except StoreUnavailable as ex:
-            # Still running in the store: it runs again after a restart.
+            # Still running in the store: the janitor writes their ends again.
             log.error("%d jobs could not be ended: %s", len(batches), ex.detail)
+            self.unwritten.add(ends, now)
         else:
             for batch, end in zip(batches, ends, strict=True):
                 batch.state, batch.error, batch.ended_at = end.state, end.error, now

@@ -36,10 +36,11 @@ from service.jobs.batches import Batch, BatchRunner
 from service.jobs.batches import describe as describe  # the reason a job failed with
 from service.jobs.cpu_pool import CpuPool, ProcessDied, TaskTimeout
 from service.jobs.io_pool import IoPool
-from service.jobs.record import BatchProgress, JobRecord
+from service.jobs.record import BatchProgress, JobEnd, JobRecord
 from service.jobs.registry import POOLS, JobSpec, Pool, Registry
 from service.jobs.state import JobState, is_final
 from service.jobs.store import INTERRUPTED, Store
+from service.jobs.unwritten import UnwrittenEnds
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,11 @@ class JobLayer:
             "io": Admission("io", io_queue_max, wait_s=admission_wait_s),
             "cpu": Admission("cpu", cpu_queue_max, wait_s=admission_wait_s),
         }
-        self.batches = BatchRunner(io_pool, store, clock, on_chunk_done=self._pump_io)
+        #: Job ends the store refused, written again by the janitor.
+        self.unwritten = UnwrittenEnds()
+        self.batches = BatchRunner(
+            io_pool, store, clock, on_chunk_done=self._pump_io, unwritten=self.unwritten
+        )
         self._lanes: dict[Pool, _Lane] = {
             "io": _Lane(
                 io_pool.threads,
@@ -253,6 +258,10 @@ class JobLayer:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.requeue(job_id, error="interrupted by shutdown")
         self._claimed.clear()
+        await self.unwritten.write(self.store)
+        if self.unwritten:
+            log.warning("%d job ends could not be written: those jobs run again at the "
+                        "next start", len(self.unwritten))  # fmt: skip
         self.io.close(wait=False)
         if self._cpu is not None:
             self._cpu.close(wait=False)
@@ -287,6 +296,7 @@ class JobLayer:
         while True:
             await asyncio.sleep(self.janitor_interval_s)
             try:
+                await self.unwritten.write(self.store)
                 await self.store.purge(self.clock())
                 self._resume(await self.store.adopt_orphans())
             except StoreUnavailable as ex:
@@ -703,7 +713,13 @@ class JobLayer:
         progress: BatchProgress | None = None,
     ) -> None:
         now = self.clock()
-        await self.store.finish(record, state, now, result=result, error=error, progress=progress)
+        try:
+            await self.store.finish(
+                record, state, now, result=result, error=error, progress=progress
+            )
+        except StoreUnavailable:
+            self.unwritten.add([JobEnd(record, state, result, error, progress)], now)
+            raise
         ran_s = None if record.started_at is None else max(0.0, now - record.started_at)
         self.events.finished(record.name, state, ran_s)
         if state is JobState.FAILED:
