@@ -84,7 +84,8 @@ class PayloadFiles:
         try:
             return self.path(job_id, kind).read_bytes()
         except FileNotFoundError:
-            raise PayloadMissing(f"the {kind} of job {job_id} are missing") from None
+            what = "arguments" if kind == "args" else kind
+            raise PayloadMissing(f"job {job_id}: its {what} file is missing (lost)") from None
 
     def _reserve(self, size: int, *, capped: bool) -> None:
         with self._lock:

@@ -463,7 +463,10 @@ class SqliteStore:
                     try:
                         result = await asyncio.to_thread(self.files.get, job_id, "result")
                     except PayloadMissing as ex:
-                        raise StoreUnavailable(str(ex)) from ex
+                        # Lost for good (a power cut before the checkpoint): say so, as a
+                        # failure; a 503 would ask the client to retry in vain.
+                        lost = _row((*row[:-1], None), self.files, args=False)
+                        return lost.replace(state=JobState.FAILED, error=str(ex))
                 return _row(row, self.files, args=False, result=result)
         return None
 
