@@ -117,18 +117,21 @@ async def test_lost_payload_files_fail_their_jobs_not_the_store(tmp_path: Path) 
     assert lost_result is not None
     assert (lost_result.state, lost_result.result) == (JobState.FAILED, None)
     assert "its result file is missing" in (lost_result.error or "")
-    lost, kept = record(args={"data": os.urandom(100_000)}), record()
-    await a.add(lost)
-    await a.add(kept)
+    lost, cut, kept = (record(args={"data": os.urandom(100_000)}) for _ in range(3))
+    for job in (lost, cut, kept):
+        await a.add(job)
     a.files.path(lost.id, "args").unlink()
+    with a.files.path(cut.id, "args").open("r+b") as f:
+        f.truncate(1000)  # written, but not all of it reached the disk
     await a.close()
     b = store(tmp_path, ttl=100)
     await b.open()
     assert [r.id for r in await b.unfinished()] == [kept.id]
-    failed = await b.get(lost.id)
-    assert failed is not None
-    assert failed.state is JobState.FAILED
-    assert "missing" in (failed.error or "")
+    for job, why in ((lost, "missing"), (cut, "damaged")):
+        failed = await b.get(job.id)
+        assert failed is not None
+        assert failed.state is JobState.FAILED
+        assert why in (failed.error or "")
     await b.close()
 
 

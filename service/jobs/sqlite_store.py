@@ -139,9 +139,10 @@ def _row(
     the result's payload when the caller read it already."""
     (id_, name, owner, state, created, started, finished, attempts, error, args_blob, items,
      done, failed, result_blob) = row  # fmt: skip
-    if result_blob == APART:
+    from_file = result_blob == APART, args and args_blob == APART
+    if from_file[0]:
         result_blob = result if result is not None else files.get(id_, "result")
-    if args and args_blob == APART:
+    if from_file[1]:
         args_blob = files.get(id_, "args")
     return JobRecord(
         id=id_,
@@ -153,12 +154,23 @@ def _row(
         finished_at=finished,
         attempts=attempts,
         error=error,
-        args=pickle.loads(args_blob) if args else {},
+        args=_loads(args_blob, id_, "args", from_file[1]) if args else {},
         items=None if items is None else pickle.loads(items),
         done=done,
         failed=failed,
-        result=None if result_blob is None else pickle.loads(result_blob),
+        result=None if result_blob is None else _loads(result_blob, id_, "result", from_file[0]),
     )
+
+
+def _loads(blob: bytes, job_id: str, kind: str, from_file: bool) -> Any:
+    """Unpickle; a payload file cut short (a power cut before it reached the disk) counts
+    as missing, not as a broken store."""
+    try:
+        return pickle.loads(blob)
+    except (pickle.UnpicklingError, EOFError, ValueError) as ex:
+        if not from_file:
+            raise
+        raise PayloadMissing(f"job {job_id}: its {kind} file is damaged ({ex})") from None
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -458,16 +470,16 @@ class SqliteStore:
         for conn in self._search_order():
             row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None:
-                result = None
-                if row[-1] == APART:
-                    try:
+                try:
+                    result = None
+                    if row[-1] == APART:
                         result = await asyncio.to_thread(self.files.get, job_id, "result")
-                    except PayloadMissing as ex:
-                        # Lost for good (a power cut before the checkpoint): say so, as a
-                        # failure; a 503 would ask the client to retry in vain.
-                        lost = _row((*row[:-1], None), self.files, args=False)
-                        return lost.replace(state=JobState.FAILED, error=str(ex))
-                return _row(row, self.files, args=False, result=result)
+                    return _row(row, self.files, args=False, result=result)
+                except PayloadMissing as ex:
+                    # Lost for good (a power cut before the checkpoint): say so, as a
+                    # failure; a 503 would ask the client to retry in vain.
+                    lost = _row((*row[:-1], None), self.files, args=False)
+                    return lost.replace(state=JobState.FAILED, error=str(ex))
         return None
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
