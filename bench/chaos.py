@@ -15,7 +15,6 @@ import argparse
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,33 +29,12 @@ import urllib3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import server  # noqa: E402
 from bench.client import BenchClient  # noqa: E402
+from bench.server import server_env  # noqa: E402
 from tests.imagegen import photo_like  # noqa: E402
 
 FINAL = {"succeeded", "failed", "cancelled"}
-
-
-def start(port: int, state: Path, workers: int, bench: BenchClient) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
-    env.update({"PYTHONPATH": str(ROOT), "JOBPOOL_STATE_DIR": str(state),
-                "JOBPOOL_LOG_LEVEL": "warning", "JOBPOOL_PARCEL_LATENCY_MS": "5-55",
-                **bench.env})  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "service.asgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    http = urllib3.PoolManager(retries=False, timeout=2)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if http.request("GET", f"http://127.0.0.1:{port}/readyz").status == 200:
-                return proc
-        except urllib3.exceptions.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 def main() -> None:
@@ -111,7 +89,8 @@ def main() -> None:
                 time.sleep(0.05)
 
     with tempfile.TemporaryDirectory(prefix="jobpool-chaos-") as tmp:
-        proc = start(args.port, Path(tmp), args.workers, bench)
+        env = server_env(Path(tmp), {"JOBPOOL_PARCEL_LATENCY_MS": "5-55", **bench.env})
+        proc = server.start(args.port, env, workers=args.workers)
         try:
             threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
             for t in threads:
@@ -150,8 +129,7 @@ def main() -> None:
                     if r.status != 200 or orjson.loads(r.data) != item:
                         wrong_parcels += 1
         finally:
-            proc.terminate()
-            proc.wait(60)
+            server.stop(proc)
     finals = Counter(str(states.get(j, {}).get("state")) for j in accepted)
     reasons = Counter(str(states[j].get("error"))[:70] for j in accepted
                       if states.get(j, {}).get("state") == "failed")  # fmt: skip

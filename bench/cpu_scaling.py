@@ -14,9 +14,7 @@ it also probes /healthz and prints its p50/p99 latency.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +28,9 @@ import urllib3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import server  # noqa: E402
 from bench.client import BenchClient  # noqa: E402
+from bench.server import server_env  # noqa: E402
 from service.tasks.images import process_image  # noqa: E402
 from tests.imagegen import photo_like  # noqa: E402
 
@@ -52,31 +52,6 @@ def baseline(data: list[bytes], seconds: float) -> tuple[float, float]:
         process_image(data[done % len(data)], REQUEST, max_pixels=MAX_PIXELS)
         done += 1
     return done / (time.perf_counter() - t0), (time.process_time() - cpu0) / done * 1000
-
-
-def start_server(port: int, state: Path, vcpus: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
-    env.update({
-        "PYTHONPATH": str(ROOT), "JOBPOOL_STATE_DIR": str(state), "JOBPOOL_LOG_LEVEL": "warning",
-        "JOBPOOL_CPU_WORKERS": str(vcpus), "JOBPOOL_WORKERS": str(vcpus),
-        "JOBPOOL_IMAGE_BODY_MAX": str(8 << 20), **BENCH.env,
-    })  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-         "--bind", f"127.0.0.1:{port}", "service.asgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    http = urllib3.PoolManager(retries=False, timeout=2)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if http.request("GET", f"http://127.0.0.1:{port}/readyz").status == 200:
-                return proc
-        except urllib3.exceptions.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 def cpu_split(master: int) -> tuple[float, float]:
@@ -180,14 +155,17 @@ def main() -> None:
     data = images()
     one, cpu_ms = baseline(data, args.seconds)
     with tempfile.TemporaryDirectory(prefix="jobpool-cpu-") as tmp:
-        proc = start_server(args.port, Path(tmp), vcpus)
+        env = server_env(Path(tmp), {
+            "JOBPOOL_CPU_WORKERS": str(vcpus), "JOBPOOL_WORKERS": str(vcpus),
+            "JOBPOOL_IMAGE_BODY_MAX": str(8 << 20), **BENCH.env,
+        })  # fmt: skip
+        proc = server.start(args.port, env)
         try:
             pool, refused, health, cpu = through_jobpool(
                 data, args.port, args.seconds, args.clients, proc.pid
             )
         finally:
-            proc.terminate()
-            proc.wait(60)
+            server.stop(proc)
     q = statistics.quantiles(health, n=100) if len(health) >= 2 else [0.0] * 99
     print(f"images: {len(data)} photo-like JPEGs of 2.0-4.0 MP; op: {QUERY}")
     print(f"{'run':<34}{'images/s':>10}")

@@ -24,16 +24,16 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-import urllib3
 
+from bench import server
 from bench.client import BenchClient
+from bench.server import server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("seed_batch.lua")
@@ -65,36 +65,6 @@ def tree_cpu(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-def start(app: str, port: int, env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), app,
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    http = urllib3.PoolManager(retries=False, timeout=2)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if http.request("GET", f"http://127.0.0.1:{port}/readyz").status == 200:
-                time.sleep(1.0)  # let every worker finish booting
-                return proc
-        except urllib3.exceptions.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{app} did not start")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def free_port() -> int:
@@ -196,17 +166,14 @@ def main() -> None:
     results: dict[str, list[Result]] = {name: [] for name, _ in servers}
     bench = BenchClient()
     with tempfile.TemporaryDirectory(prefix="jobpool-bench-") as tmp:
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
-        base_env["PYTHONPATH"] = str(ROOT)
-        base_env["JOBPOOL_LOG_LEVEL"] = "warning"
-        base_env.update(bench.env)  # the floor too: gunicorn.conf.py wants keys
         redis: tuple[subprocess.Popen[bytes], int] | None = None
         if args.redis:
             redis = start_redis(Path(tmp))
         try:
             for r in range(args.rounds):
                 for name, app in servers:
-                    env = dict(base_env, JOBPOOL_STATE_DIR=str(Path(tmp) / f"{name}-{r}"))
+                    # The floor too gets the key: gunicorn.conf.py wants keys.
+                    env = server_env(Path(tmp) / f"{name}-{r}", bench.env)
                     extra: tuple[int, ...] = ()
                     if name != "floor":
                         env.update(kv.split("=", 1) for kv in args.jobpool_env)
@@ -214,11 +181,11 @@ def main() -> None:
                         redis_command(redis[1], "FLUSHALL")
                         env["JOBPOOL_STORE_URL"] = f"redis://127.0.0.1:{redis[1]}/0"
                         extra = (redis[0].pid,)
-                    proc = start(app, args.port, env, args.workers)
+                    proc = server.start(args.port, env, app=app, workers=args.workers, settle_s=1.0)
                     try:
                         results[name].append(drive(name, proc, args.port, args, bench.key, extra))
                     finally:
-                        stop(proc)
+                        server.stop(proc)
         finally:
             if redis is not None:
                 redis[0].terminate()
