@@ -8,21 +8,21 @@ the client N times its share. Here both limits live in the Redis the hosts share
   client, the hash ``jobpool:bucket:<client>`` (tokens, stamp), refilled and taken by one
   script (:data:`TAKE`) on Redis's own clock (``TIME``), so the hosts' clocks do not
   matter. A bucket idle long enough to be full again expires: an absent bucket is a full
-  one. As on one host, a worker takes tokens in small leases, at most :data:`LEASE_S`
-  seconds' worth of the rate (and an eighth of the burst), at most half of what is left,
-  at least one, and spends them locally for up to :data:`LEASE_S`; what a lease still holds
-  after that goes back with the next refill. Tokens are only ever spent after the bucket
-  gave them, so the fleet never admits more than the bucket holds (the burst plus the rate
-  times the time); with a small rate or burst a lease is one token and the bucket is
-  exact. The round trip is taken off the requests' path: a lease of :data:`PREFETCH_MIN`
-  tokens or more is topped up in the background once half spent or half its time gone
-  (measured with bench.ingest on the Redis store, requests waiting for each refill cost a
-  quarter of the throughput); only a request that finds no lease at all waits, and the
-  requests of one client that find none while a refill is on its way wait for that one
-  instead of sending their own. With the defaults a worker asks Redis about 40 times a
-  second for a client that keeps it busy, in the pipeline of its event-loop tick. A
-  refused refill is remembered for :data:`LEASE_S`, so a client over its rate costs a
-  worker at most one round trip per :data:`LEASE_S`, however hard it floods.
+  one. As on one host (the same rule, :func:`service.limits.lease_size`), a worker takes
+  tokens in small leases, at most ``LEASE_S`` seconds' worth of the rate (and an eighth of
+  the burst), at most half of what is left, at least one, and spends them locally for up to
+  ``LEASE_S``; what a lease still holds after that goes back with the next refill. Tokens
+  are only ever spent after the bucket gave them, so the fleet never admits more than the
+  bucket holds (the burst plus the rate times the time); with a small rate or burst a lease
+  is one token and the bucket is exact. The round trip is taken off the requests' path: a
+  lease of :data:`PREFETCH_MIN` tokens or more is topped up in the background once half
+  spent or half its time gone (measured with bench.ingest on the Redis store, requests
+  waiting for each refill cost a quarter of the throughput); only a request that finds no
+  lease at all waits, and the requests of one client that find none while a refill is on
+  its way wait for that one instead of sending their own. With the defaults a worker asks
+  Redis about 40 times a second for a client that keeps it busy, in the pipeline of its
+  event-loop tick. A refused refill is remembered for ``LEASE_S``, so a client over its
+  rate costs a worker at most one round trip per ``LEASE_S``, however hard it floods.
 * **jobs in flight** (``JOBPOOL_CLIENT_MAX_INFLIGHT``): counted by the store's own scripts,
   in the same step that changes a job's state, and refused by the script that would store
   the job (see :mod:`service.jobs.redis_lua`). So jobs waiting in the fleet's shared queue
@@ -34,7 +34,7 @@ the client N times its share. Here both limits live in the Redis the hosts share
 ``Retry-After``, as a submit does then (the store's :class:`StoreUnavailable`). Falling
 back to host-local buckets would silently give each host the whole limit (N times it);
 and while Redis is down the hosts' ``/readyz`` fails and no job route works anyway. Only
-the tokens of a lease already taken are spent, for at most :data:`LEASE_S`.
+the tokens of a lease already taken are spent, for at most ``LEASE_S``.
 
 What a worker holds (leases, refusals) is per client it served: bounded by the clients
 that have keys. Tokens a stopping worker holds (at most ``lease_max`` per client, and what
@@ -53,9 +53,8 @@ from dataclasses import dataclass
 
 from service.errors import RateLimited
 from service.jobs.redis_store import RedisStore
+from service.limits import LEASE_S, lease_size
 
-#: Longest a worker spends leased tokens, and remembers a refusal (seconds).
-LEASE_S = 0.05
 #: Seconds a full bucket is kept past the time it takes to fill up.
 BUCKET_SLACK_S = 1.0
 #: Refills a request waits for before it gives up (429): its client's other requests may
@@ -125,7 +124,7 @@ class FleetLimits:
         self.max_inflight = max_inflight
         self.clock = clock
         #: Most tokens one lease holds.
-        self.lease_max = max(1, int(min(rate * LEASE_S, self.burst / 8)))
+        self.lease_max = lease_size(rate, self.burst)
         #: Whether a lease is refilled before it runs out (see :data:`PREFETCH_MIN`).
         self.prefetch = self.lease_max >= PREFETCH_MIN
         self._leases: dict[str, _Lease] = {}

@@ -83,6 +83,12 @@ TABLE = "table-v2.bin"
 SWEEP_EVERY_S = 1.0
 
 
+def lease_size(rate: float, burst: float) -> int:
+    """Most tokens one lease takes: ``LEASE_S`` seconds' worth of the rate and an eighth of
+    the burst at most, one at least (a small rate or burst: one token, an exact bucket)."""
+    return max(1, int(min(rate * LEASE_S, burst / 8)))
+
+
 def name_hash(client: str) -> int:
     """A client's key in the table: 64 bits of BLAKE2b of its name, never 0 (free)."""
     value = int.from_bytes(hashlib.blake2b(client.encode(), digest_size=8).digest(), "little")
@@ -107,7 +113,7 @@ class HostLimits:
         self.max_inflight = max_inflight
         self.clock = clock
         #: Most tokens one lease takes.
-        self.lease_max = max(1, int(min(rate * LEASE_S, self.burst / 8)))
+        self.lease_max = lease_size(rate, self.burst)
         self.slot = -1
         self._fd = -1
         self._slot_fd = -1

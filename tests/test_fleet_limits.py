@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from service.errors import RateLimited, StoreUnavailable
-from service.fleet_limits import LEASE_S, FleetLimits
+from service.fleet_limits import FleetLimits
 from service.jobs.redis_store import RedisStore
+from service.limits import LEASE_S
 from tests.redis_server import RedisServer
 from tests.test_redis_store import make
 from tests.test_security_units import Clock
