@@ -24,6 +24,16 @@ LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
 BOOTED = re.compile(r'"msg":"ASGI server listening on [^"]*","pid":(\d+)')
 
 
+def refused_start(env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run ``gunicorn -c gunicorn.conf.py`` with ``env``, as for a start-up that must fail
+    at once: its exit status and the lines of its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0"],
+        cwd=ROOT, env=env, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    return proc.returncode, proc.stderr.decode().strip().splitlines()
+
+
 class Response:
     def __init__(self, r: urllib3.BaseHTTPResponse) -> None:
         self.status = r.status

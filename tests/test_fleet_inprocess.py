@@ -48,6 +48,19 @@ async def hosts(
         yield apps
 
 
+async def ghost_worker(redis_url: str, tmp_path: Path) -> RedisStore:
+    """A worker whose host is dead: its store takes jobs but never renews their leases."""
+    ghost = RedisStore(
+        StoreUrl("redis", redis_url), state_dir=tmp_path / "ghost",
+        lane_of=lambda _name: "io", pools=POOLS, result_ttl_s=60, result_max=1 << 20,
+        lease_s=0.2, queue_max=100,
+    )  # fmt: skip
+    await ghost.open()
+    assert ghost._renewer is not None
+    ghost._renewer.cancel()
+    return ghost
+
+
 async def submit(c: testing.ASGIConductor, seconds: float, **kw: Any) -> dict[str, Any]:
     r = await c.simulate_post("/test/jobs/test.sleep", json={"seconds": seconds, **kw})
     assert r.status_code == 202, r.text
@@ -126,14 +139,7 @@ async def test_a_full_fleet_queue_answers_503(redis_url: str, tmp_path: Path) ->
 
 async def test_a_job_runs_at_most_max_attempts_times_in_all(redis_url: str, tmp_path: Path) -> None:
     """A job whose hosts keep dying is failed, not run again, once it has used its attempts."""
-    ghost = RedisStore(
-        StoreUrl("redis", redis_url), state_dir=tmp_path / "ghost",
-        lane_of=lambda _name: "io", pools=POOLS, result_ttl_s=60, result_max=1 << 20,
-        lease_s=0.2, queue_max=100,
-    )  # fmt: skip
-    await ghost.open()
-    assert ghost._renewer is not None
-    ghost._renewer.cancel()  # it never renews: as if its host died each time
+    ghost = await ghost_worker(redis_url, tmp_path)  # as if its host died each time
     job = record("test.sleep", args={"seconds": 0})
     await ghost.add(job)
     for _ in range(2):  # two runs, each cut off
@@ -159,14 +165,7 @@ async def test_a_job_a_crash_cut_off_runs_alone_on_the_host_that_takes_it(
     redis_url: str, tmp_path: Path
 ) -> None:
     """A claimed job whose last run died with its process runs with nothing beside it."""
-    ghost = RedisStore(
-        StoreUrl("redis", redis_url), state_dir=tmp_path / "ghost",
-        lane_of=lambda _name: "io", pools=POOLS, result_ttl_s=60, result_max=1 << 20,
-        lease_s=0.2, queue_max=100,
-    )  # fmt: skip
-    await ghost.open()
-    assert ghost._renewer is not None
-    ghost._renewer.cancel()
+    ghost = await ghost_worker(redis_url, tmp_path)
     suspect = record("test.span", args={"seconds": 0.3})
     await ghost.add(suspect)
     await ghost.claim(ROOM, 1.0)

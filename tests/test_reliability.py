@@ -19,7 +19,7 @@ import urllib3
 from tests.clients import ALICE, bearer
 from tests.conftest import SEED_BATCH
 from tests.imagegen import photo_like
-from tests.server import Server
+from tests.server import Response, Server
 
 FINAL = {"succeeded", "failed", "cancelled"}
 
@@ -219,23 +219,30 @@ def test_timeouts_fail_the_job_and_kill_a_stuck_cpu_process(server: Server, tmp_
     assert after.json()["pid"] != stuck
 
 
+def until_refused(submit: Callable[[], Response], tries: int, why: str) -> list[str]:
+    """Submit ``tries`` times: each answer is a 202 or a 503 whose detail names ``why``, and
+    there are both. Returns the accepted job ids."""
+    accepted, refused = [], 0
+    for _ in range(tries):
+        r = submit()
+        if r.status == 202:
+            accepted.append(r.json()["job"])
+        else:
+            assert r.status == 503, r
+            assert why in r.json()["detail"]
+            refused += 1
+    assert accepted
+    assert refused > 0
+    return accepted
+
+
 def test_a_full_store_answers_503_and_never_acknowledges_an_unstored_job(
     server_factory: Callable[..., Server],
 ) -> None:
     """With the store at its size cap, submits get 503; every job that got a 202 is stored."""
     srv = server_factory(workers=1, env={"JOBPOOL_STORE_MAX_BYTES": str(256 * 1024)})
-    accepted, refused = [], 0
     big = {"Data": [{**item, "data": "z" * 2000} for item in SEED_BATCH["Data"]]}
-    for _ in range(200):
-        r = srv.post("/v1/parcels", json=big)
-        if r.status == 202:
-            accepted.append(r.json()["job"])
-        else:
-            assert r.status == 503, r
-            assert "store" in r.json()["detail"]
-            refused += 1
-    assert accepted
-    assert refused > 0
+    accepted = until_refused(lambda: srv.post("/v1/parcels", json=big), 200, "store")
     for job_id in accepted:
         assert srv.get(f"/v1/jobs/{job_id}").status == 200
     assert srv.get("/healthz").status == 200
@@ -249,20 +256,14 @@ def test_payload_files_at_their_cap_answer_503_and_lose_nothing(
     image = photo_like(900, 700, seed=3)
     cap = 6 * len(image)
     srv = server_factory(workers=1, env={"JOBPOOL_PAYLOAD_MAX_BYTES": str(cap)})
-    accepted, refused = [], 0
-    for _ in range(30):
-        r = srv.post(
+
+    def upload() -> Response:
+        return srv.post(
             "/v1/images?op=grayscale&format=png", body=image,
             headers={"Content-Type": "image/jpeg"},
         )  # fmt: skip
-        if r.status == 202:
-            accepted.append(r.json()["job"])
-        else:
-            assert r.status == 503, r
-            assert "JOBPOOL_PAYLOAD_MAX_BYTES" in r.json()["detail"]
-            refused += 1
-    assert accepted
-    assert refused > 0
+
+    accepted = until_refused(upload, 30, "JOBPOOL_PAYLOAD_MAX_BYTES")
     for job_id in accepted:
         assert srv.wait_final(job_id, timeout=60)["state"] == "succeeded"
         result = srv.get(f"/v1/jobs/{job_id}/result")

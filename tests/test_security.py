@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from service import ids
 from service.keys import entry_for, new_key
 from tests.clients import ALICE, BOB
 from tests.conftest import SEED_BATCH
-from tests.server import ROOT, Response, Server
+from tests.server import Response, Server, refused_start
 
 #: Authorization values that are not a valid key, each with the challenge error expected.
 BAD_AUTHORIZATION = [
@@ -192,12 +190,8 @@ def test_start_up_is_refused_without_keys(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPOOL_")}
     env["JOBPOOL_STATE_DIR"] = str(tmp_path / "state")
     for extra in ({}, {"JOBPOOL_API_KEYS": " "}, {"JOBPOOL_API_KEYS_FILE": str(tmp_path)}):
-        proc = subprocess.run(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0"],
-            cwd=ROOT, env={**env, **extra}, capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert proc.returncode == 2, proc
-        lines = proc.stderr.decode().strip().splitlines()
+        status, lines = refused_start({**env, **extra})
+        assert status == 2, lines
         assert len(lines) == 1, lines
         assert lines[0].startswith("jobpool: JOBPOOL_API_KEYS"), lines
         assert "JOBPOOL_AUTH=off" in lines[0] or "cannot read" in lines[0], lines
@@ -299,11 +293,7 @@ def test_request_shape_limits(server_factory: Callable[..., Server]) -> None:
 def test_a_bad_client_rate_stops_start_up_with_one_line(tmp_path: Path, value: str) -> None:
     """JOBPOOL_CLIENT_RATE that is not a number in range stops gunicorn with one line."""
     env = {**os.environ, "JOBPOOL_CLIENT_RATE": value, "JOBPOOL_STATE_DIR": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0"],
-        cwd=ROOT, env=env, capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    lines = proc.stderr.decode().strip().splitlines()
+    status, lines = refused_start(env)
+    assert status == 2
     assert len(lines) == 1
     assert lines[0].startswith("jobpool: JOBPOOL_CLIENT_RATE: ")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 
 from tests.clients import ALICE, bearer
 from tests.conftest import SEED_BATCH
-from tests.server import ROOT, Server
+from tests.server import Server, refused_start
 
 CASES = Path(__file__).parent / "cases"
 
@@ -144,12 +142,8 @@ def test_cancel_over_http(server_factory: Callable[..., Server]) -> None:
 def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path) -> None:
     """gunicorn with an invalid JOBPOOL_ variable exits at once with one line naming it."""
     env = {**os.environ, "JOBPOOL_IO_THREADS": "lots", "JOBPOOL_STATE_DIR": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0"],
-        cwd=ROOT, env=env, capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    lines = proc.stderr.decode().strip().splitlines()
+    status, lines = refused_start(env)
+    assert status == 2
     assert lines == ["jobpool: JOBPOOL_IO_THREADS: 'lots' is not an integer"]
 
 
@@ -158,12 +152,9 @@ def test_unwritable_state_dir_stops_start_up(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     env = {**os.environ, "JOBPOOL_STATE_DIR": str(blocker / "state")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0"],
-        cwd=ROOT, env=env, capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.decode().strip().startswith("jobpool: JOBPOOL_STATE_DIR:")
+    status, lines = refused_start(env)
+    assert status == 2
+    assert lines[0].startswith("jobpool: JOBPOOL_STATE_DIR:")
 
 
 @pytest.mark.parametrize("how", ["cli", "env"])

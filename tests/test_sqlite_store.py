@@ -16,22 +16,10 @@ import pytest
 
 from service.errors import StoreUnavailable
 from service.ids import new_id
-from service.jobs.record import BatchProgress, ItemRef, JobRecord
+from service.jobs.record import BatchProgress, ItemRef
 from service.jobs.sqlite_store import SCHEMA, SqliteStore, item_key
 from service.jobs.state import JobState
-
-
-def record(name: str = "test.echo", **kw: object) -> JobRecord:
-    base: dict[str, object] = {
-        "id": new_id(),
-        "name": name,
-        "owner": "alice",
-        "state": JobState.QUEUED,
-        "created_at": 1000.0,
-        "args": {"x": 1},
-    }
-    base.update(kw)
-    return JobRecord(**base)  # type: ignore[arg-type]
+from tests.test_store import record
 
 
 def store(path: Path, ttl: float = 60, result_max: int = 1 << 20) -> SqliteStore:
