@@ -160,6 +160,22 @@ def near_valid_submits(draw: st.DrawFn) -> dict[str, Any]:
     return {"method": "POST", "path": "/v1/parcels", "headers": headers, "body": body}
 
 
+@st.composite
+def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
+    """Requests that must succeed or miss, with arbitrary content: each run reaches 202 and 404."""
+    headers = {"Authorization": f"Bearer {ALICE}"}
+    if draw(st.booleans()):
+        path = draw(st.sampled_from(["/v1/jobs/{}", "/v1/jobs/{}/result", "/v1/parcels/{}"]))
+        return {
+            "method": "GET",
+            "path": path.format(draw(st.builds(ids.new_id))),
+            "headers": headers,
+        }
+    headers["Content-Type"] = "application/json"
+    body = orjson.dumps({"Data": draw(st.lists(GOOD_ITEM, min_size=1, max_size=6))})
+    return {"method": "POST", "path": "/v1/parcels", "headers": headers, "body": body}
+
+
 URLS = st.one_of(
     st.text(max_size=60),
     st.builds(
@@ -290,7 +306,11 @@ def test_no_request_gets_a_5xx(make_settings: Callable[..., Settings]) -> None:
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
-    @given(request=st.one_of(any_requests(), near_valid_submits(), near_valid_workloads()))
+    @given(
+        request=st.one_of(
+            any_requests(), near_valid_submits(), near_valid_workloads(), valid_requests()
+        )
+    )
     def answer(request: dict[str, Any]) -> None:
         result = loop.run_until_complete(conductor.simulate_request(**request))
         seen.add(result.status_code)
