@@ -10,6 +10,9 @@ server CPU microseconds per request (the server's whole process tree, from psuti
 jobpool's ratio to the floor. Rounds alternate floor/jobpool so drift on this shared
 machine hits both alike.
 
+``--stages`` adds jobpool stopped short after validating the batch and after its durable
+accept (:mod:`bench.stages`), to show what each stage of the request path costs.
+
 ``--redis`` adds jobpool with the fleet store (``JOBPOOL_STORE_URL=redis://…``) to each
 round: a redis-server of its own (loopback, a temp dir, append-only file fsynced every
 second, as a fleet should run it), emptied before each round. Its CPU is counted with the
@@ -37,6 +40,8 @@ from bench.server import server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("seed_batch.lua")
+#: jobpool stopped short (--stages): name -> the app gunicorn loads.
+STAGES = {"validated": "bench.stages:validated()", "accepted": "bench.stages:accepted()"}
 
 
 @dataclass
@@ -159,8 +164,18 @@ def main() -> None:
         "--redis", action="store_true",
         help="also run jobpool on the Redis store (starts its own redis-server)",
     )  # fmt: skip
+    ap.add_argument(
+        "--stages", action="store_true",
+        help="also run jobpool stopped after validation and after the durable accept",
+    )  # fmt: skip
     args = ap.parse_args()
-    servers = [("floor", "bench.floor_app:app"), ("jobpool", "service.asgi:app")]
+    servers = [("floor", "bench.floor_app:app")]
+    if args.stages:
+        servers += [
+            ("validated", "bench.stages:validated()"),
+            ("accepted", "bench.stages:accepted()"),
+        ]
+    servers.append(("jobpool", "service.asgi:app"))
     if args.redis:
         servers.append(("jp-redis", "service.asgi:app"))
     results: dict[str, list[Result]] = {name: [] for name, _ in servers}
@@ -203,7 +218,8 @@ def main() -> None:
     for name in results:
         if name != "floor":
             ratio = best[name].accepted_rps / best["floor"].accepted_rps
-            print(f"{name} / floor (accepted req/s): {ratio:.2f}x   (target >= 0.70x)")
+            target = "" if name in STAGES else "   (target >= 0.70x)"
+            print(f"{name} / floor (accepted req/s): {ratio:.2f}x{target}")
     for name, rs in results.items():
         rounds = ", ".join(f"{x.accepted_rps:.0f} @ {x.cpu_us_per_req:.0f}" for x in rs)
         print(f"  {name} rounds (202/s @ CPU us/req): {rounds}")
