@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,6 +124,39 @@ async def test_cancel_a_queued_job_and_409_for_a_finished_one(
         again = await c.simulate_delete(f"/v1/jobs/{blocker.json['job']}")
         assert again.status_code == 409
         assert again.headers["content-type"] == "application/problem+json"
+
+
+async def test_cancelling_a_queued_job_frees_its_place_under_the_client_cap_at_once(
+    conductor_for: Callable[..., testing.ASGIConductor], tmp_path: Path
+) -> None:
+    """A client at its cap on jobs in flight cancels a queued job and may submit again
+    while the job ahead of it still runs (not only once the cancelled job's turn came)."""
+    release = tmp_path / "release"
+    async with conductor_for(io_threads=1, client_max_inflight=2) as c:
+        try:
+            blocker = await c.simulate_post("/test/jobs/test.wait_for", json={"path": str(release)})
+            queued = await c.simulate_post("/test/jobs/test.sleep", json={"seconds": 0})
+            assert (blocker.status_code, queued.status_code) == (202, 202)
+            assert queued.json["state"] == "queued"
+            over = await c.simulate_post("/test/jobs/test.sleep", json={"seconds": 0})
+            assert over.status_code == 429
+            waiting = asyncio.create_task(
+                c.simulate_get(f"/v1/jobs/{queued.json['job']}", headers={"Prefer": "wait=5"})
+            )
+            await asyncio.sleep(0.05)  # the wait is parked on the queued job
+            cancel = await c.simulate_delete(f"/v1/jobs/{queued.json['job']}")
+            assert cancel.json["state"] == "cancelled"
+            assert (await waiting).json["state"] == "cancelled"
+            again = await c.simulate_post("/test/jobs/test.sleep", json={"seconds": 0, "tag": "n"})
+            assert again.status_code == 202, again.text
+            running = await c.simulate_get(f"/v1/jobs/{blocker.json['job']}")
+            assert running.json["state"] == "running"  # the place came from the cancel
+        finally:
+            release.touch()
+        assert (await final(c, again.json["job"]))["state"] == "succeeded"
+        result = await c.simulate_get(f"/v1/jobs/{again.json['job']}/result")
+        assert result.json == {"slept": 0, "tag": "n"}
+        assert (await final(c, blocker.json["job"]))["state"] == "succeeded"
 
 
 async def test_prefer_wait_answers_200_with_the_result(client: testing.ASGIConductor) -> None:

@@ -457,7 +457,22 @@ class JobLayer:
         state = await self.store.cancel(job_id, self.clock())
         if before is not None and before.state is JobState.QUEUED and state is JobState.CANCELLED:
             self.events.finished(before.name, JobState.CANCELLED, None)
+            self._drop_waiting(job_id)
         return state
+
+    def _drop_waiting(self, job_id: str) -> None:
+        """A job cancelled while it waits in this worker's queue gives back its pool places
+        and its count against its client's cap now, not when its turn would have come. (One
+        waiting in another worker's queue is skipped there when its turn comes.)"""
+        for lane in self._lanes.values():
+            for entry in lane.waiting:
+                record, slots = entry
+                if record.id == job_id:
+                    lane.waiting.remove(entry)
+                    slots.release()
+                    self.quota.release(record.owner)
+                    self._wake(job_id)
+                    return
 
     # -- running ----------------------------------------------------------------------
 
