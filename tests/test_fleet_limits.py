@@ -19,7 +19,7 @@ from service.jobs.redis_store import RedisStore
 from service.limits import LEASE_S
 from tests.redis_server import RedisServer
 from tests.test_redis_store import make
-from tests.test_security_units import Clock
+from tests.test_security_units import Clock, take_until_each_refuses
 
 
 class Fleet:
@@ -88,15 +88,7 @@ async def test_leases_never_admit_more_than_the_bucket_and_save_round_trips(
     assert a.lease_max > 1
     calls_before = await script_calls(a.store)
     began = time.monotonic()
-    admitted, refused = 0, {"a": False, "b": False}
-    while not all(refused.values()):
-        for name, limits in (("a", a), ("b", b)):
-            try:
-                await limits.take("alice")
-            except RateLimited:
-                refused[name] = True
-            else:
-                admitted += 1
+    admitted = await take_until_each_refuses("alice", a, b)
     elapsed = time.monotonic() - began
     await settle(a)
     await settle(b)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from service.client_limits import ClientLimits
 from service.config import Settings
 from service.errors import ConfigError, RateLimited, TooManyJobs, Unauthorized
 from service.keys import (
@@ -220,22 +221,28 @@ async def test_two_workers_share_one_bucket_and_one_cap(tmp_path: Path) -> None:
     one.close()
 
 
+async def take_until_each_refuses(client: str, *workers: ClientLimits) -> int:
+    """Take tokens for ``client`` from each worker in turn until every one has refused
+    once; how many were admitted in all."""
+    admitted, refused = 0, [False] * len(workers)
+    while not all(refused):
+        for n, worker in enumerate(workers):
+            try:
+                await worker.take(client)
+            except RateLimited:
+                refused[n] = True
+            else:
+                admitted += 1
+    return admitted
+
+
 async def test_leased_tokens_never_admit_more_than_the_bucket(tmp_path: Path) -> None:
     """With leases (rate 1000/s, burst 100), two workers together admit exactly the burst."""
     clock = Clock()
     one = limits(tmp_path, clock, rate=1000.0, burst=100)
     two = limits(tmp_path, clock, rate=1000.0, burst=100)
     assert one.lease_max > 1
-    admitted, refused = 0, {1: False, 2: False}
-    while not all(refused.values()):
-        for n, h in ((1, one), (2, two)):
-            try:
-                await h.take("alice")
-            except RateLimited:
-                refused[n] = True
-            else:
-                admitted += 1
-    assert admitted == 100
+    assert await take_until_each_refuses("alice", one, two) == 100
     clock.now += 0.0105  # 10.5 tokens later: 10 more, whichever worker asks
     for _ in range(10):
         await two.take("alice")
