@@ -111,9 +111,10 @@ async def test_a_host_that_stops_renewing_loses_its_jobs_to_a_live_one(
     await b.adopt_orphans()
     got = await b.get(job.id)
     assert got is not None
-    assert (got.state, got.attempts) == (JobState.QUEUED, 1)
+    assert (got.state, got.attempts, got.interrupted) == (JobState.QUEUED, 1, True)
     assert "interrupted" in (got.error or "")
     [again] = await b.claim(ROOM, 3.0)
+    assert again.interrupted  # the claim hands it over marked: it runs alone
     assert (again.id, again.attempts) == (job.id, 2)
     await b.adopt_orphans()
     assert await b.claim(ROOM, 4.0) == []  # taken over exactly once

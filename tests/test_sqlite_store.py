@@ -19,6 +19,7 @@ from service.ids import new_id
 from service.jobs.record import BatchProgress, ItemRef
 from service.jobs.sqlite_store import SCHEMA, SqliteStore, item_key
 from service.jobs.state import JobState
+from service.jobs.store import INTERRUPTED
 from tests.test_store import record
 
 
@@ -193,6 +194,37 @@ async def test_a_file_from_before_item_results_is_migrated(tmp_path: Path) -> No
     assert await a.get_item("parcel", "alice", "new") == "x"
     await a.close()
     await b.close()
+
+
+async def test_a_job_a_crash_cut_off_in_an_earlier_file_stays_marked(tmp_path: Path) -> None:
+    """A shard from before the interrupted column keeps a crash-cut job marked as such,
+    whether its own worker opens it or another adopts it."""
+    old_schema = SCHEMA.replace(
+        SCHEMA[SCHEMA.index("    -- 1 while") : SCHEMA.index("    args BLOB")], ""
+    )
+    assert "interrupted" not in old_schema
+    jobs = {}
+    for shard in (0, 1):
+        conn = sqlite3.connect(tmp_path / f"jobs-{shard}.db")
+        conn.executescript(old_schema)
+        cut, plain = record(), record()
+        for job, error in ((cut, INTERRUPTED), (plain, "interrupted by shutdown")):
+            conn.execute(
+                "INSERT INTO jobs (id, name, owner, state, created_at, attempts, error, args)"
+                " VALUES (?, ?, ?, 'queued', ?, 1, ?, ?)",
+                (job.id, job.name, job.owner, job.created_at, error, pickle.dumps({})),
+            )
+        conn.commit()
+        conn.close()
+        jobs[shard] = (cut.id, plain.id)
+    a = store(tmp_path)
+    await a.open()  # shard 0, migrated at open
+    assert a.slot == 0
+    mine = {r.id: r.interrupted for r in await a.unfinished()}
+    assert mine == {jobs[0][0]: True, jobs[0][1]: False}
+    adopted = {r.id: r.interrupted for r in await a.adopt_orphans()}  # shard 1, unclaimed
+    assert adopted == {jobs[1][0]: True, jobs[1][1]: False}
+    await a.close()
 
 
 def test_item_keys_are_distinct_whatever_the_names_hold() -> None:

@@ -201,6 +201,10 @@ async def test_jobs_left_by_a_dead_process_run_again(backend: Backend) -> None:
     interrupted = left[running.id]
     assert interrupted is not None
     assert "interrupted" in (interrupted.error or "")
+    assert interrupted.interrupted  # the field, not the text, says a crash cut it off
+    queued_again = left[queued.id]
+    assert queued_again is not None
+    assert not queued_again.interrupted
     other = await backend.opened()  # a live worker beside b takes none of them
     assert await other.adopt_orphans() == []
     assert await other.claim(ROOM, 4000.0) == []
@@ -217,10 +221,11 @@ async def test_a_requeued_job_runs_again(backend: Backend) -> None:
     await a.requeue(job.id, error="interrupted by shutdown")
     got = await a.get(job.id)
     assert got is not None
-    assert (got.state, got.attempts, got.error) == (
+    assert (got.state, got.attempts, got.error, got.interrupted) == (
         JobState.QUEUED,
         1,
         "interrupted by shutdown",
+        False,  # a shutdown is not a crash: no quarantine
     )
     if a.shares_queue:
         assert [r.id for r in await a.claim(ROOM, 2.0)] == [job.id]

@@ -39,7 +39,7 @@ from service.jobs.io_pool import IoPool
 from service.jobs.record import BatchProgress, JobEnd, JobRecord
 from service.jobs.registry import POOLS, JobSpec, Pool, Registry
 from service.jobs.state import JobState, is_final
-from service.jobs.store import INTERRUPTED, Store
+from service.jobs.store import Store
 from service.jobs.unwritten import UnwrittenEnds
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ class JobLayer:
             self.admission[pool].force(slots)  # already accepted: never refused now
             self.quota.force(record.owner)
             entry = (record, _Slots(self.admission[pool], slots))
-            if record.error == INTERRUPTED:
+            if record.interrupted:
                 self._suspects.append((pool, entry))
             else:
                 self._lanes[pool].waiting.append(entry)
@@ -599,7 +599,7 @@ class JobLayer:
             got: dict[Pool, int] = dict.fromkeys(room, 0)
             # A job whose last run ended with its process runs alone, as _resume has it:
             # the others of the same claim wait here until it is done.
-            alone = any(record.error == INTERRUPTED for record in records)
+            alone = any(record.interrupted for record in records)
             for record in records:
                 pool = self._pool_of(record)
                 got[pool] = got.get(pool, 0) + 1
@@ -609,7 +609,7 @@ class JobLayer:
                 entry = (record, _Slots(self.admission[pool], slots))
                 if alone:
                     self._claimed.add(record.id)
-                    if record.error == INTERRUPTED:
+                    if record.interrupted:
                         self._suspects.append((pool, entry))
                     else:
                         self._lanes[pool].waiting.append(entry)

@@ -24,6 +24,9 @@ class JobRecord:
     finished_at: float | None = None
     attempts: int = 0
     error: str | None = None
+    #: Its last run was cut off by a crash (the process running it is gone): it may be what
+    #: crashed it, so it runs alone next time.
+    interrupted: bool = False
     result: Any = None
     done: int = 0
     failed: int = 0

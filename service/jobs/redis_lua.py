@@ -115,7 +115,7 @@ local function interrupt(e, reason)
     return 0
   end
   redis.call('HDEL', job, 'entry', 'stream', 'holder')
-  redis.call('HSET', job, 'state', 'queued', 'error', reason)
+  redis.call('HSET', job, 'state', 'queued', 'error', reason, 'interrupted', '1')
   enqueue(job, id)
   return 1
 end
@@ -227,6 +227,7 @@ local job = P .. 'job:' .. id
 if field(job, 'state') ~= 'running' or field(job, 'holder') ~= ARGV[3] then return 0 end
 drop_entry(job)
 redis.call('HSET', job, 'state', 'queued')
+redis.call('HDEL', job, 'interrupted')  -- cut off by a shutdown, not a crash
 if ARGV[4] == '' then
   redis.call('HDEL', job, 'error')
 else

@@ -73,7 +73,7 @@ RECOUNT_S = 300.0
 #: What get() reads of a job's hash: all but its arguments, which only running needs.
 RECORD_FIELDS = (
     b"name", b"owner", b"state", b"created", b"started", b"finished", b"attempts", b"error",
-    b"items", b"done", b"failed", b"result",
+    b"items", b"done", b"failed", b"result", b"interrupted",
 )  # fmt: skip
 
 
@@ -104,6 +104,7 @@ def _record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
         finished_at=None if finished is None else float(finished),
         attempts=int(h.get(b"attempts", 0)),
         error=None if error is None else error.decode(),
+        interrupted=h.get(b"interrupted") == b"1",
         args=pickle.loads(h[b"args"]) if b"args" in h else {},
         items=None if items is None else pickle.loads(items),
         done=int(h.get(b"done", 0)),

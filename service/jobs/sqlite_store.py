@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
+    -- 1 while the job waits to run again after a crash cut its last run off: it may be what
+    -- crashed the process, so it runs alone (see the layer's quarantine).
+    interrupted INTEGER NOT NULL DEFAULT 0,
     args BLOB NOT NULL,
     items BLOB,
     done INTEGER NOT NULL DEFAULT 0,
@@ -121,7 +124,7 @@ END_JOB = (
 
 COLUMNS = (
     "id, name, owner, state, created_at, started_at, finished_at, attempts, error, "
-    "args, items, done, failed, result"
+    "interrupted, args, items, done, failed, result"
 )
 UNFINISHED_SQL = f"SELECT {COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY id"
 
@@ -137,8 +140,8 @@ def _row(
 ) -> JobRecord:
     """The record of a ``COLUMNS`` row; ``args=False`` leaves them unread, ``result`` is
     the result's payload when the caller read it already."""
-    (id_, name, owner, state, created, started, finished, attempts, error, args_blob, items,
-     done, failed, result_blob) = row  # fmt: skip
+    (id_, name, owner, state, created, started, finished, attempts, error, interrupted,
+     args_blob, items, done, failed, result_blob) = row  # fmt: skip
     from_file = result_blob == APART, args and args_blob == APART
     if from_file[0]:
         result_blob = result if result is not None else files.get(id_, "result")
@@ -154,6 +157,7 @@ def _row(
         finished_at=finished,
         attempts=attempts,
         error=error,
+        interrupted=bool(interrupted),
         args=_loads(args_blob, id_, "args", from_file[1]) if args else {},
         items=None if items is None else pickle.loads(items),
         done=done,
@@ -446,7 +450,8 @@ class SqliteStore:
     async def requeue(self, job_id: str, *, error: str | None) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE jobs SET state = 'queued', error = ? WHERE id = ? AND state = 'running'",
+                "UPDATE jobs SET state = 'queued', error = ?, interrupted = 0"
+                " WHERE id = ? AND state = 'running'",
                 (error, job_id),
             )
 
@@ -518,7 +523,7 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> list[JobRecord]:
             _interrupt(conn)
             rows = conn.execute(UNFINISHED_SQL).fetchall()
-            self._args_apart.update(row[0] for row in rows if row[9] == APART)
+            self._args_apart.update(row[0] for row in rows if row[10] == APART)
             return _runnable(conn, rows, self.files)
 
         records: list[JobRecord] = await self._write(op)
@@ -635,12 +640,23 @@ def _upsert_items(conn: sqlite3.Connection, flat: list[Any]) -> None:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a file made by an earlier version to this schema."""
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'keyed'").fetchone():
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'keyed'").fetchone():
+        statements += [(statement, ()) for statement in MIGRATE_KEYED]
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    if "interrupted" not in columns:
+        # Earlier files said "cut off by a crash" with the error text alone.
+        statements += [
+            ("ALTER TABLE jobs ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0", ()),
+            ("UPDATE jobs SET interrupted = 1 WHERE state = 'queued' AND error = ?",
+             (INTERRUPTED,)),
+        ]  # fmt: skip
+    if not statements:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in MIGRATE_KEYED:
-            conn.execute(statement)
+        for statement, params in statements:
+            conn.execute(statement, params)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -650,7 +666,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _interrupt(conn: sqlite3.Connection) -> None:
     """Jobs left running by a process that is gone go back to the queue."""
     conn.execute(
-        "UPDATE jobs SET state = 'queued', error = ? WHERE state = 'running'",
+        "UPDATE jobs SET state = 'queued', error = ?, interrupted = 1 WHERE state = 'running'",
         (INTERRUPTED,),
     )
 
@@ -724,6 +740,7 @@ def _adopt(path: Path, own: Path, files: PayloadFiles) -> list[JobRecord]:
             return []  # a live worker holds it
         orphan = _connect(path)
         try:
+            _migrate(orphan)  # it is ours now: a file of an earlier version is brought up
             if not orphan.execute(UNFINISHED_SQL).fetchone():
                 return []
             orphan.execute("BEGIN IMMEDIATE")
@@ -737,7 +754,7 @@ def _adopt(path: Path, own: Path, files: PayloadFiles) -> list[JobRecord]:
                 # once), never zero times.
                 mine.execute("BEGIN IMMEDIATE")
                 mine.executemany(
-                    f"INSERT OR IGNORE INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                    f"INSERT OR IGNORE INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * 15)})",
                     rows,
                 )
                 records = _runnable(mine, rows, files)
