@@ -107,6 +107,7 @@ class Service:
         if self.metrics is not None:
             self.metrics.watch(self.layer.pool_stats)
         self._stopping: asyncio.Future[None] | None = None
+        self._unlisten: Callable[[], None] | None = None
 
     def _cpu_pool(self, slot: int) -> CpuPool:
         s = self.settings
@@ -122,6 +123,8 @@ class Service:
         )
 
     async def start(self) -> None:
+        # The drain starts at SIGTERM, not at the lifespan's end (see service/signals.py).
+        self._unlisten = signals.on_terminate(self.begin_stop)
         self.limits.open()  # before the layer resumes (and counts) unfinished jobs
         await self.layer.start()
         if self.metrics is not None:
@@ -143,9 +146,11 @@ class Service:
         assert self._stopping is not None
         await self._stopping
         self.limits.close()
+        if self._unlisten is not None:
+            self._unlisten()
 
     async def ping_store(self) -> None:
-        await self.layer.store.ping()
+        await self.layer.ping()
 
     async def ping_accepting(self) -> None:
         if self.layer.draining:
@@ -167,12 +172,15 @@ def create_app(
     """
     settings = settings or Settings.from_env()
     for module in TASK_MODULES:
-        importlib.import_module(module)
-    jobs.set_timeout("image", settings.image_timeout_s)
-    jobs.set_timeout("fetch", settings.fetch_deadline_ms / 1000 + FETCH_TIMEOUT_MARGIN_S)
-    jobs.set_timeout("search.provider", settings.search_provider_timeout_ms / 1000 * 2)
-    service = Service(settings, jobs)
-    signals.on_terminate(service.begin_stop)
+        importlib.import_module(module)  # their @job declarations fill the registry
+    # This app's own copy, with this app's settings: another app in the process keeps its own.
+    configured = jobs.configured({
+        "image": settings.image_timeout_s,
+        "fetch": settings.fetch_deadline_ms / 1000 + FETCH_TIMEOUT_MARGIN_S,
+        # The provider's own timeout stops it first; this is only a backstop.
+        "search.provider": settings.search_provider_timeout_ms / 1000 * 2,
+    })  # fmt: skip
+    service = Service(settings, configured)
     layer = service.layer
     keyring = Keyring.from_settings(settings)
     metrics_port = port_of(settings.metrics_bind) if settings.metrics_bind else None

@@ -14,11 +14,18 @@ from collections.abc import Callable
 _handlers: list[Callable[[], None]] = []
 
 
-def on_terminate(handler: Callable[[], None]) -> None:
-    """Call ``handler`` (on the event loop) when this process is asked to stop."""
+def on_terminate(handler: Callable[[], None]) -> Callable[[], None]:
+    """Call ``handler`` (on the event loop) when this process is asked to stop; returns the
+    function that takes it off again (an app that has stopped needs no notice)."""
     _handlers.append(handler)
+
+    def remove() -> None:
+        if handler in _handlers:
+            _handlers.remove(handler)
+
+    return remove
 
 
 def terminate() -> None:
-    for handler in _handlers:
+    for handler in list(_handlers):
         handler()

@@ -14,7 +14,8 @@ import orjson
 
 
 class Provider:
-    """``with Provider("ok", items=[...]) as p: p.url``; kinds: ok, slow, error, garbage."""
+    """``with Provider("ok", items=[...]) as p: p.url``; kinds: ok, slow, error, garbage,
+    and hang (never answers; ``p.hung_up`` is set once the client closes the connection)."""
 
     def __init__(self, kind: str, *, items: list[dict[str, Any]] | None = None,
                  delay_s: float = 0.0) -> None:  # fmt: skip
@@ -22,6 +23,7 @@ class Provider:
         self.items = items or []
         self.delay_s = delay_s
         self.queries: list[dict[str, list[str]]] = []
+        self.hung_up = threading.Event()
         provider = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -31,7 +33,9 @@ class Provider:
                 )
                 if provider.delay_s:
                     time.sleep(provider.delay_s)
-                if provider.kind == "error":
+                if provider.kind == "hang":
+                    self._hang()
+                elif provider.kind == "error":
                     self._send(500, b"upstream exploded")
                 elif provider.kind == "garbage":
                     self._send(200, b"{not json")
@@ -46,6 +50,15 @@ class Provider:
                 # The client may have given up on a slow answer: that is the point.
                 with contextlib.suppress(BrokenPipeError):
                     self.wfile.write(body)
+
+            def _hang(self) -> None:
+                """Say nothing until the client closes the connection (60 s at most)."""
+                self.connection.settimeout(60)
+                with contextlib.suppress(OSError):
+                    while self.connection.recv(1024):
+                        pass
+                    provider.hung_up.set()
+                self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -23,7 +23,7 @@ from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
 from service.jobs.redis_store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.sqlite_store import SqliteStore
-from service.jobs.state import JobState
+from service.jobs.state import ADD, CANCEL, FINISH, MOVES, REQUEUE, START, JobState, Move
 from service.jobs.store import Store
 
 ROOM = {"io": 100, "cpu": 100}
@@ -419,3 +419,54 @@ async def test_unusable_state_directory_is_a_clear_error(backend: Backend, tmp_p
     backend.tmp_path = blocker / "state"
     with pytest.raises(StoreUnavailable, match=r"cannot .* in .*file"):
         await backend.opened()
+
+
+async def in_state(store: Store, state: JobState) -> JobRecord:
+    """A job brought to ``state`` through the store's own operations."""
+    job = record()
+    await store.add(job)
+    if state is JobState.QUEUED:
+        return job
+    if state is JobState.CANCELLED:
+        assert await store.cancel(job.id, 1.0) is JobState.CANCELLED
+        return job
+    assert await store.start(job.id, 1.0)
+    if state in (JobState.SUCCEEDED, JobState.FAILED):
+        await store.finish(job, state, 2.0, result=None, error=None)
+    return job
+
+
+async def apply(store: Store, move: Move, job: JobRecord) -> None:
+    """The store operation that ``move`` declares, on ``job``."""
+    if move is START:
+        await store.start(job.id, 5.0)
+    elif move is FINISH:
+        await store.finish(job, JobState.SUCCEEDED, 5.0, result=None, error=None)
+    elif move is REQUEUE:
+        await store.requeue(job.id, error="cut off")
+    elif move is CANCEL:
+        await store.cancel(job.id, 5.0)
+    else:
+        raise AssertionError(f"no operation for {move.name}")
+
+
+@pytest.mark.parametrize("move", [m for m in MOVES if m is not ADD], ids=lambda m: m.name)
+async def test_every_move_changes_exactly_the_states_it_declares(
+    backend: Backend, move: Move
+) -> None:
+    """Each move of service/jobs/state.py, tried on a job in every state, changes the job
+    iff its declaration lists that state, and to a state it declares."""
+    store = await backend.opened()
+    for state in JobState:
+        job = await in_state(store, state)
+        before = await store.get(job.id)
+        assert before is not None
+        assert before.state is state
+        await apply(store, move, job)
+        after = await store.get(job.id)
+        assert after is not None
+        if state in move.sources:
+            assert after.state in move.targets, (move.name, state, after.state)
+        else:
+            assert after.state is state, (move.name, state, after.state)
+    await store.close()

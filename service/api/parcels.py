@@ -42,7 +42,7 @@ class ParcelResource:
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, parcel_id: str
     ) -> None:
-        parcel = await self.layer.store.get_item("parcel", req.context.owner, parcel_id)
+        parcel = await self.layer.item("parcel", req.context.owner, parcel_id)
         if parcel is None:
             raise NotFound(f"no parcel {parcel_id!r}")
         send_json(resp, parcel)

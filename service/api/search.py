@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -11,8 +10,8 @@ import falcon.asgi
 from service.api.http import send_json
 from service.config import Settings
 from service.errors import Invalid
-from service.jobs.cpu_pool import TaskTimeout
-from service.jobs.layer import JobLayer, describe
+from service.jobs.failures import TaskTimeout, describe
+from service.jobs.layer import JobLayer
 from service.tasks.search import ProviderTimeout, merge
 
 DEFAULT_LIMIT = 20
@@ -48,21 +47,19 @@ class SearchResource:
         q, limit = self._query(req)
         s = self.settings
         started = time.perf_counter()
-        timeout_s = s.search_provider_timeout_ms / 1000
-        calls = {
-            name: asyncio.ensure_future(self._ask(url, q, limit, timeout_s))
-            for name, url in s.search_providers
-        }
-        if calls:
-            await asyncio.wait(calls.values(), timeout=s.search_deadline_ms / 1000)
+        calls = [
+            {"url": url, "q": q, "limit": limit, "timeout_s": s.search_provider_timeout_ms / 1000,
+             "max_bytes": s.search_max_bytes}
+            for _, url in s.search_providers
+        ]  # fmt: skip
+        outcomes = await self.layer.fan_out("search.provider", calls, s.search_deadline_ms / 1000)
         statuses: list[dict[str, Any]] = []
         found: list[tuple[str, list[dict[str, Any]]]] = []
-        for name, call in calls.items():
+        for (name, _), outcome in zip(s.search_providers, outcomes, strict=True):
             status: dict[str, Any] = {"name": name}
-            if not call.done():
-                call.cancel()  # the thread finishes on its own; nobody waits for it
+            if outcome.cut_off:
                 status.update(status="timeout", elapsed_ms=s.search_deadline_ms)
-            elif (ex := call.exception()) is not None:
+            elif (ex := outcome.error) is not None:
                 timed_out = isinstance(ex, ProviderTimeout | TaskTimeout)
                 status.update(
                     status="timeout" if timed_out else "error",
@@ -70,9 +67,12 @@ class SearchResource:
                     elapsed_ms=None,
                 )
             else:
-                items, elapsed_ms = call.result()
-                status.update(status="ok", count=len(items), elapsed_ms=elapsed_ms)
-                found.append((name, items))
+                status.update(
+                    status="ok",
+                    count=len(outcome.value),
+                    elapsed_ms=round(outcome.elapsed_s * 1000),
+                )
+                found.append((name, outcome.value))
             statuses.append(status)
         send_json(resp, {
             "query": q,
@@ -80,14 +80,3 @@ class SearchResource:
             "providers": statuses,
             "elapsed_ms": round((time.perf_counter() - started) * 1000),
         })  # fmt: skip
-
-    async def _ask(
-        self, url: str, q: str, limit: int, timeout_s: float
-    ) -> tuple[list[dict[str, Any]], int]:
-        started = time.perf_counter()
-        items = await self.layer.call(
-            "search.provider",
-            {"url": url, "q": q, "limit": limit, "timeout_s": timeout_s,
-             "max_bytes": self.settings.search_max_bytes},
-        )  # fmt: skip
-        return items, round((time.perf_counter() - started) * 1000)

@@ -20,10 +20,11 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from service.errors import StoreUnavailable
-from service.jobs.admission import Admission
+from service.jobs.failures import describe
+from service.jobs.hold import Hold
 from service.jobs.io_pool import IoPool
 from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
 from service.jobs.registry import JobSpec
@@ -42,19 +43,6 @@ COST_WEIGHT = 0.2
 
 #: One part of a chunk: a batch, and the range of its items that the chunk runs.
 Part = tuple["Batch", int, int]
-
-
-class Slots(Protocol):
-    """The admission slots a job holds (see the layer); a chunk takes some of them over."""
-
-    admission: Admission
-    count: int
-
-
-def describe(ex: BaseException) -> str:
-    """The reason stored with a failed job or item."""
-    text = str(ex)
-    return f"{type(ex).__name__}: {text}" if text else type(ex).__name__
 
 
 def run_chunk(
@@ -120,21 +108,33 @@ class Batch:
     """A batch job while it runs: its counts, and the item results not yet written."""
 
     __slots__ = (
-        "closed", "done", "ended_at", "error", "failed", "failures", "keyed", "left", "on_end",
-        "record", "slots", "spec", "state", "unconfirmed",
+        "closed",
+        "done",
+        "ended_at",
+        "error",
+        "failed",
+        "failures",
+        "hold",
+        "keyed",
+        "left",
+        "on_end",
+        "record",
+        "spec",
+        "state",
+        "unconfirmed",
     )  # fmt: skip
 
     def __init__(
         self,
         spec: JobSpec,
         record: JobRecord,
-        slots: Slots,
+        hold: Hold,
         on_end: Callable[[Batch], None],
     ) -> None:
         assert record.items is not None
         self.spec = spec
         self.record = record
-        self.slots = slots
+        self.hold = hold
         self.on_end = on_end
         self.left = len(record.items)
         self.done = 0
@@ -152,10 +152,6 @@ class Batch:
         self.state: JobState | None = None
         self.error: str | None = None
         self.ended_at = 0.0
-
-    def take_slots(self, n: int) -> None:
-        """A chunk takes over ``n`` of the job's slots: they go back when its thread is done."""
-        self.slots.count -= n
 
     def progress(self) -> BatchProgress:
         progress = BatchProgress(self.done, self.failed, self.keyed)
@@ -220,11 +216,11 @@ class BatchRunner:
         self._idle: asyncio.Future[None] | None = None
 
     def start(
-        self, spec: JobSpec, record: JobRecord, slots: Slots, on_end: Callable[[Batch], None]
+        self, spec: JobSpec, record: JobRecord, hold: Hold, on_end: Callable[[Batch], None]
     ) -> Batch:
         """Run the items of ``record`` (stored as running); ``on_end(batch)`` once its end
         is written (or could not be: it is then still running in the store, to be re-run)."""
-        batch = Batch(spec, record, slots, on_end)
+        batch = Batch(spec, record, hold, on_end)
         self.running[record.id] = batch
         self._starting.append(batch)
         if not self._dispatch_scheduled:
@@ -248,7 +244,8 @@ class BatchRunner:
                 chunk = _Chunk(spec, parts)
                 payload = []
                 for batch, start, stop in parts:
-                    batch.take_slots(stop - start)
+                    # The chunk's places go back when its thread is done (see _done).
+                    batch.hold.take(stop - start)
                     payload.append((batch.record.items, start, stop, batch.record.args))
                 count = sum(stop - start for _, start, stop in parts)
                 chunk.timer = loop.call_later(spec.timeout_s * count, self._chunk_late, chunk)
@@ -261,7 +258,7 @@ class BatchRunner:
             chunk.timer.cancel()
         self.chunks_in_flight -= 1
         for batch, start, stop in chunk.parts:
-            batch.slots.admission.release(stop - start)
+            batch.hold.give_back(stop - start)
         if isinstance(outcome, BaseException):  # run_chunk itself failed: say so per item
             count = sum(stop - start for _, start, stop in chunk.parts)
             values: list[Any] = [None] * count

@@ -7,9 +7,9 @@ slots keep running.
 
 A job first takes a host token (:mod:`service.jobs.tokens`), then the lowest free slot.
 A worker has as many slots as the host has tokens, so it can run borrowed tokens' jobs
-too; its share of slots is started at once and kept, and a process on a slot past the
-share stops after ``SPARE_IDLE_S`` without work, so borrowing costs memory only while
-the load is uneven.
+too. A slot's process starts with its first job; those of the worker's share are kept,
+and a process on a slot past the share stops after ``SPARE_IDLE_S`` without work, so
+borrowing costs memory only while the load is uneven.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from service import logs
+from service.jobs.failures import ProcessDied, TaskTimeout
 from service.jobs.tokens import HostTokens
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 #: Seconds a process started for a borrowed token waits for work before it stops.
 SPARE_IDLE_S = 30.0
-
-
-class TaskTimeout(Exception):
-    """The task ran past its job's timeout."""
-
-
-class ProcessDied(Exception):
-    """The process running the task died (a crash, a signal, out of memory)."""
 
 
 def _child_init(nice: int, log_level: str) -> None:
@@ -58,15 +51,9 @@ def _child_init(nice: int, log_level: str) -> None:
         pass
 
 
-def _warm() -> int:
-    return os.getpid()
-
-
 class CpuPool:
     """``await pool.run(fn, args, kwargs, timeout_s)`` on one of ``processes`` slots, of
     which the first ``keep`` (default: all) keep their process when idle."""
-
-    kind = "cpu"
 
     def __init__(
         self,
@@ -93,7 +80,6 @@ class CpuPool:
         self._room = asyncio.Semaphore(processes)
         self._free = list(range(processes))  # a heap: the lowest free slot is used first
         self._used = [0] * processes  # runs started per slot, to tell idle spares
-        self.restarts = 0
 
     def _executor(self, slot: int) -> ProcessPoolExecutor:
         executor = self._slots[slot]
@@ -106,17 +92,6 @@ class CpuPool:
             )
             self._slots[slot] = executor
         return executor
-
-    async def warm(self) -> None:
-        """Start the kept slots' processes now, so the first jobs do not pay for it."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(
-                asyncio.wrap_future(self._executor(i).submit(_warm), loop=loop)
-                for i in range(self.keep)
-            ),
-            return_exceptions=True,
-        )
 
     async def run(
         self,
@@ -164,7 +139,6 @@ class CpuPool:
     def _replace(self, slot: int, *, kill: bool) -> None:
         executor = self._slots[slot]
         self._slots[slot] = None
-        self.restarts += 1
         if executor is None:
             return
         if kill:

@@ -13,8 +13,6 @@ from typing import Any
 class IoPool:
     """Runs functions on threads; the caller awaits an asyncio future."""
 
-    kind = "io"
-
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self.busy = 0
@@ -55,10 +53,6 @@ class IoPool:
 
     def _done(self, _future: asyncio.Future[Any]) -> None:
         self.busy -= 1
-
-    @property
-    def idle(self) -> int:
-        return max(0, self.threads - self.busy)
 
     def close(self, *, wait: bool) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=True)

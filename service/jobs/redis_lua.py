@@ -31,11 +31,32 @@ a rolling upgrade), or anything else that made the count drift, lasts until then
 
 from __future__ import annotations
 
-PRELUDE = r"""
+from service.jobs.state import MOVES
+
+
+def _sources() -> str:
+    """The moves of :mod:`service.jobs.state` as a Lua table: move -> {source state: true}."""
+    moves = ", ".join(
+        f"{m.name} = {{" + ", ".join(f"{s.value} = true" for s in sorted(m.sources)) + "}"
+        for m in MOVES
+    )
+    return f"local SOURCES = {{{moves}}}"
+
+
+PRELUDE = (
+    r"""
 local P = ARGV[1]
 local G = 'jobpool'
 local RUN = P .. 'running'
 local INFLIGHT = P .. 'inflight'
+"""
+    + _sources()
+    + r"""
+
+-- Whether `move` (a name of service/jobs/state.py's MOVES) applies to a job in `state`.
+local function may(move, state)
+  return state ~= false and state ~= nil and SOURCES[move][state] == true
+end
 
 local function field(job, name)
   return redis.call('HGET', job, name)
@@ -111,15 +132,15 @@ local function interrupt(e, reason)
   if not entry[1] then return 0 end
   local id = entry[1][2][2]
   local job = P .. 'job:' .. id
-  if redis.call('HGET', job, 'entry') ~= e or redis.call('HGET', job, 'state') ~= 'running' then
-    return 0
-  end
+  local state = redis.call('HGET', job, 'state')
+  if redis.call('HGET', job, 'entry') ~= e or not may('requeue', state) then return 0 end
   redis.call('HDEL', job, 'entry', 'stream', 'holder')
   redis.call('HSET', job, 'state', 'queued', 'error', reason, 'interrupted', '1')
   enqueue(job, id)
   return 1
 end
 """
+)
 
 #: ARGV: prefix, id, pool, want running (1/0), queue max, consumer, now, owner, owner's cap
 #: of jobs in flight (0: none), field, value, … Returns {state, entry}: running (leased by
@@ -153,7 +174,7 @@ return {'queued', enqueue(job, id)}
 #: ARGV: prefix, id, consumer, now. Returns the lease entry, or false if not queued.
 START = r"""
 local job = P .. 'job:' .. ARGV[2]
-if redis.call('HGET', job, 'state') ~= 'queued' then return false end
+if not may('start', redis.call('HGET', job, 'state')) then return false end
 ensure_running()
 return start(job, ARGV[2], ARGV[3], ARGV[4])
 """
@@ -175,7 +196,7 @@ for i = 4, #ARGV, 2 do
         local job = P .. 'job:' .. id
         redis.call('XACK', q, G, e)
         redis.call('XDEL', q, e)
-        if field(job, 'entry') == e and field(job, 'state') == 'queued' then
+        if field(job, 'entry') == e and may('start', field(job, 'state')) then
           redis.call('HDEL', job, 'entry', 'stream')
           start(job, id, me, now)
           started[#started + 1] = {id, redis.call('HGETALL', job)}
@@ -206,7 +227,7 @@ local id, state, now = ARGV[2], ARGV[3], ARGV[4]
 local job = P .. 'job:' .. id
 local i = write_items(id, ARGV[5], 6)
 local was = redis.call('HGET', job, 'state')
-if was ~= 'queued' and was ~= 'running' then return was or false end
+if not may('finish', was) then return was or false end
 drop_entry(job)
 count_out(job)
 local n = tonumber(ARGV[i])
@@ -224,7 +245,7 @@ return was
 REQUEUE = r"""
 local id = ARGV[2]
 local job = P .. 'job:' .. id
-if field(job, 'state') ~= 'running' or field(job, 'holder') ~= ARGV[3] then return 0 end
+if not may('requeue', field(job, 'state')) or field(job, 'holder') ~= ARGV[3] then return 0 end
 drop_entry(job)
 redis.call('HSET', job, 'state', 'queued')
 redis.call('HDEL', job, 'interrupted')  -- cut off by a shutdown, not a crash
@@ -242,7 +263,7 @@ CANCEL = r"""
 local id, now = ARGV[2], ARGV[3]
 local job = P .. 'job:' .. id
 local state = redis.call('HGET', job, 'state')
-if state ~= 'queued' then return state or false end
+if not may('cancel', state) then return state or false end
 drop_entry(job)
 count_out(job)
 redis.call('HSET', job, 'state', 'cancelled', 'finished', now)

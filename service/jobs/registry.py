@@ -6,7 +6,9 @@ submit it by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -28,6 +30,11 @@ class JobSpec:
     #: For batch jobs: names an item's result for later look-up (e.g. a parcel's id).
     item_key: Callable[[Any], str] | None = None
 
+    @property
+    def is_async(self) -> bool:
+        """A coroutine function: it runs on the event loop (io pool jobs only)."""
+        return inspect.iscoroutinefunction(self.fn)
+
 
 class Registry:
     """Job specs by name."""
@@ -40,6 +47,8 @@ class Registry:
             raise ValueError(f"job {spec.name!r}: pool must be one of {POOLS}, not {spec.pool!r}")
         if spec.timeout_s <= 0:
             raise ValueError(f"job {spec.name!r}: timeout must be positive")
+        if spec.is_async and (spec.pool != "io" or spec.item_key is not None):
+            raise ValueError(f"job {spec.name!r}: a coroutine job runs on the io pool, alone")
         known = self._specs.get(spec.name)
         if known is not None and known.fn is not spec.fn:
             raise ValueError(f"job {spec.name!r} is already registered to {known.fn!r}")
@@ -51,16 +60,17 @@ class Registry:
         except KeyError:
             raise LookupError(f"no job named {name!r}") from None
 
-    def set_timeout(self, name: str, seconds: float) -> None:
-        """Apply a configured timeout to a declared job."""
-        spec = self.get(name)
-        self._specs[name] = JobSpec(spec.name, spec.fn, spec.pool, float(seconds), spec.item_key)
+    def configured(self, timeouts: Mapping[str, float]) -> Registry:
+        """A copy with the configured timeouts (seconds) applied to the jobs they name: an
+        app's own registry, so two apps in one process never share settings."""
+        copy = Registry()
+        copy._specs = dict(self._specs)
+        for name, seconds in timeouts.items():
+            copy._specs[name] = dataclasses.replace(self.get(name), timeout_s=float(seconds))
+        return copy
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
-
-    def names(self) -> list[str]:
-        return sorted(self._specs)
 
     def job(
         self,

@@ -1,24 +1,33 @@
-"""Fan-out search: one io task per configured upstream provider, merged in one order.
+"""Fan-out search: one call per configured upstream provider, merged in one order.
 
 The provider contract (README, "Search providers"): ``GET {url}?q={query}&limit={n}``
 answers 200 with ``application/json`` ``{"items": [{"id": str, "title": str,
 "url": str, "score": number}, ...]}``. Providers are configured by the operator, so they
 are trusted addresses (often private ones): the SSRF guard is for user-given URLs only.
+
+A provider call is a coroutine job: it waits on a socket on the event loop, so the layer's
+fan-out (:mod:`service.jobs.fanout`) can cancel it for real at the answer's deadline — its
+connection is closed, nothing is left running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-import threading
+import weakref
 from typing import Any
 
+import httpx
 import orjson
-import urllib3
 
 from service.jobs.registry import job
 
 MAX_ITEMS_PER_PROVIDER = 100
-_local = threading.local()
+#: Kept-alive connections per provider host, per worker.
+CONNECTIONS_PER_HOST = 8
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class ProviderError(RuntimeError):
@@ -29,13 +38,18 @@ class ProviderTimeout(ProviderError):
     """A provider did not answer within its timeout."""
 
 
-def _http() -> urllib3.PoolManager:
-    # One pool manager per io thread: connections to each provider are kept alive.
-    pool: urllib3.PoolManager | None = getattr(_local, "pool", None)
-    if pool is None:
-        pool = urllib3.PoolManager(num_pools=32, maxsize=4, retries=False)
-        _local.pool = pool
-    return pool
+def _http() -> httpx.AsyncClient:
+    """This event loop's client: connections to each provider are kept alive."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_keepalive_connections=CONNECTIONS_PER_HOST * 4),
+            follow_redirects=False,
+            trust_env=False,  # an operator's proxy variables are not for the providers
+        )
+        _clients[loop] = client
+    return client
 
 
 def parse_items(payload: bytes) -> list[dict[str, Any]]:
@@ -66,31 +80,26 @@ def parse_items(payload: bytes) -> list[dict[str, Any]]:
 
 
 @job("search.provider", pool="io", timeout=10)
-def query_provider(url: str, q: str, limit: int, timeout_s: float, max_bytes: int) -> list[Any]:
+async def query_provider(
+    url: str, q: str, limit: int, timeout_s: float, max_bytes: int
+) -> list[Any]:
     """Ask one provider; raise ProviderError with the reason when it fails the contract."""
     try:
-        response = _http().request(
-            "GET", url, fields={"q": q, "limit": str(limit)},
-            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-            preload_content=False,
-        )  # fmt: skip
-    except urllib3.exceptions.TimeoutError:
+        async with _http().stream(
+            "GET", url, params={"q": q, "limit": str(limit)}, timeout=timeout_s
+        ) as response:
+            if response.status_code != 200:
+                raise ProviderError(f"HTTP {response.status_code}")
+            payload = bytearray()
+            async for chunk in response.aiter_bytes():
+                payload += chunk
+                if len(payload) > max_bytes:
+                    raise ProviderError(f"answer over {max_bytes} bytes")
+    except httpx.TimeoutException:
         raise ProviderTimeout(f"no answer within {timeout_s:g} s") from None
-    except urllib3.exceptions.HTTPError as ex:
+    except httpx.HTTPError as ex:
         raise ProviderError(f"unreachable: {type(ex).__name__}") from None
-    try:
-        if response.status != 200:
-            raise ProviderError(f"HTTP {response.status}")
-        payload = response.read(max_bytes + 1)
-        if len(payload) > max_bytes:
-            raise ProviderError(f"answer over {max_bytes} bytes")
-    except urllib3.exceptions.TimeoutError:
-        raise ProviderTimeout(f"no answer within {timeout_s:g} s") from None
-    except urllib3.exceptions.HTTPError as ex:
-        raise ProviderError(f"read failed: {type(ex).__name__}") from None
-    finally:
-        response.release_conn()
-    return parse_items(payload)
+    return parse_items(bytes(payload))
 
 
 def merge(per_provider: list[tuple[str, list[dict[str, Any]]]], limit: int) -> list[Any]:
