@@ -18,6 +18,13 @@ def spin(seconds: float) -> int:
     return os.getpid()
 
 
+def hold_until(path: str) -> int:
+    """Run until ``path`` exists (the test says when the job ends)."""
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return os.getpid()
+
+
 def alive(pool: CpuPool) -> list[bool]:
     return [executor is not None for executor in pool._slots]
 
@@ -30,9 +37,16 @@ async def test_a_spare_process_stops_when_idle_and_a_kept_one_stays(tmp_path: Pa
     try:
         await pool.run(spin, (0.0,), {}, 30)
         assert alive(pool) == [True, False]  # one job at a time: the lowest slot alone
-        pids = await asyncio.gather(*(pool.run(spin, (0.2,), {}, 30) for _ in range(2)))
-        assert len(set(pids)) == 2  # nobody else wanted the second token: it was borrowed
+        gate = str(tmp_path / "go")
+        both = asyncio.gather(*(pool.run(hold_until, (gate,), {}, 30) for _ in range(2)))
+        for _ in range(600):  # while both run, both slots have a process (up to 30 s)
+            if pool.busy == 2:
+                break
+            await asyncio.sleep(0.05)
         assert alive(pool) == [True, True]
+        await asyncio.to_thread(Path(gate).touch)
+        pids = await both
+        assert len(set(pids)) == 2  # nobody else wanted the second token: it was borrowed
         for _ in range(600):  # the retirement is a timer on this loop: poll it, up to 30 s
             if alive(pool) == [True, False]:
                 break
