@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from falcon import testing
+from hypothesis import settings as hypothesis_settings
 
 from service.app import create_app
 from service.config import Settings
@@ -17,6 +18,11 @@ from tests.clients import ALICE, API_KEYS, bearer
 from tests.extension import extend
 from tests.redis_server import RedisServer, redis_server_binary
 from tests.server import Server
+
+# Property tests run the same examples every time (a run that fails, fails again), and with
+# no deadline: on a shared machine an example's time says nothing about the code.
+hypothesis_settings.register_profile("jobpool", deadline=None, derandomize=True)
+hypothesis_settings.load_profile("jobpool")
 
 SEED_BATCH = {
     "Data": [
