@@ -1,0 +1,2 @@
+"""The image job: ``request`` parses the query, ``probe`` reads the header at submit,
+``process`` runs on the cpu pool; ``errors`` holds what each step refuses."""
