@@ -6,6 +6,7 @@ import concurrent.futures
 import functools
 import io
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -546,6 +547,23 @@ def test_oversized_webp_canvas_is_refused() -> None:
     # The forged file opens (libwebp sizes its canvas from this header); the limit refuses it.
     with pytest.raises(TooManyPixels, match="3000x2000"):
         probe(bytes(data), max_pixels=MAX_PIXELS)
+
+
+@pytest.mark.filterwarnings("ignore:Tag data larger than file")
+def test_libtiff_messages_are_log_records_not_stderr(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """libtiff's complaints about a TIFF's tags become debug records; none reaches fd 2."""
+    caplog.set_level(logging.DEBUG, logger="libtiff")
+    out = opened(run(imagegen.tiff_with_odd_tags(invalid_types=2), op="grayscale"))
+    assert out.size == (16, 8)
+    assert "TIFF" not in capfd.readouterr().err
+    messages = [r.getMessage() for r in caplog.records if r.name == "libtiff"]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "libtiff")
+    for tag in (60000, 60001):
+        assert any(
+            m.startswith("TIFFFetchNormalTag: ") and f"custom tag {tag} " in m for m in messages
+        ), messages
 
 
 # --------------------------------------------------------------------------- job failures

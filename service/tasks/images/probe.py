@@ -10,6 +10,7 @@ from typing import Final
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from service.tasks.images import libtiff
 from service.tasks.images.errors import NotAnImage, TooManyPixels
 from service.tasks.images.request import ImageRequest, check_geometry, default_format
 
@@ -53,6 +54,10 @@ _ACCEPTED_MODES: Final = frozenset(
     }
 )
 """Pixel modes of decoded images that the job converts to an 8-bit working mode."""
+
+# Every process that opens images with Pillow (gunicorn workers, cpu processes) logs
+# libtiff's messages instead of letting libtiff print them to stderr.
+libtiff.route_to_log()
 
 
 @dataclass(frozen=True)
