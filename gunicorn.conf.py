@@ -4,6 +4,7 @@ Every value comes from ``JOBPOOL_*`` environment variables (service/config.py); 
 arguments and ``GUNICORN_CMD_ARGS`` still override what is set here.
 """
 
+import logging
 import os
 import sys
 
@@ -95,6 +96,12 @@ class JsonLogger(Logger):
     @property
     def access_log_enabled(self):
         return self.cfg.accesslog is not None
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        # Python warnings too (Pillow's about a client's file, raised by the probe) become
+        # JSON lines, in the master and, over fork, every worker, whatever app it loads.
+        logging.captureWarnings(True)
 
 
 logger_class = JsonLogger

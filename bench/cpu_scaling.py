@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench import server  # noqa: E402
 from bench.client import BenchClient  # noqa: E402
 from bench.server import server_env  # noqa: E402
-from service.tasks.images import process_image  # noqa: E402
+from service.tasks.images.process import process_image  # noqa: E402
 from tests.imagegen import photo_like  # noqa: E402
 
 SIZES = [(1632, 1224), (2048, 1536), (2304, 1728)]  # 2.0, 3.1, 4.0 megapixels

@@ -42,11 +42,11 @@ log = logging.getLogger(__name__)
 TASK_MODULES = (
     "service.tasks.parcels",
     "service.tasks.fetch",
-    "service.tasks.images",
+    "service.tasks.images.process",
     "service.tasks.search",
 )
 # Imported once in the forkserver, so each cpu process starts without importing them again.
-CPU_PRELOAD = ("service.tasks.images",)
+CPU_PRELOAD = ("service.tasks.images.process",)
 #: The fetch job's own deadline stops it; the job timeout is only a backstop past it.
 FETCH_TIMEOUT_MARGIN_S = 5.0
 #: Seconds of the graceful timeout kept back for closing the store after the drain.

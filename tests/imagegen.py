@@ -142,3 +142,48 @@ def not_an_image() -> bytes:
 def other_format(fmt: str = "ppm", *, width: int = 32, height: int = 24) -> bytes:
     """A real image in a format outside the service's allow-list (ppm, pcx, ico, tga)."""
     return encode(photo_image(width, height), fmt)
+
+
+def tiff_with_odd_tags(*, invalid_types: int = 3, width: int = 16, height: int = 8) -> bytes:
+    """A deflate-compressed RGB TIFF (so libtiff decodes it, not Pillow) that decodes fine
+    but carries tags its readers complain about:
+
+    - ``invalid_types`` private tags (60000, 60001, ...) of field type 0, which no TIFF
+      version defines: libtiff reports each as an error (``TIFFFetchNormalTag: Defined
+      set_get_field_type of custom tag 60000 ...``) and ignores it;
+    - one private tag whose values would lie past the end of the file: Pillow's own
+      header parser warns (``Tag data larger than file``) and skips it, already at open.
+    """
+    if not 0 <= invalid_types <= 5500:  # 60000.. up to the past-the-end tag
+        raise ValueError(f"invalid_types must be 0..5500, got {invalid_types}")
+    pixels = bytes((x * 255 // max(1, width - 1)) for _ in range(height) for x in range(width))
+    strip = zlib.compress(bytes(v for v in pixels for _ in range(3)))  # gray ramp as RGB
+    short, long_ = 3, 4
+    # (tag, type, count, value); None: an offset filled in below.
+    entries: list[tuple[int, int, int, int | None]] = [
+        (256, short, 1, width),  # ImageWidth
+        (257, short, 1, height),  # ImageLength
+        (258, short, 3, None),  # BitsPerSample: 8, 8, 8 (stored after the directory)
+        (259, short, 1, 8),  # Compression: Adobe deflate
+        (262, short, 1, 2),  # PhotometricInterpretation: RGB
+        (273, long_, 1, None),  # StripOffsets
+        (277, short, 1, 3),  # SamplesPerPixel
+        (278, short, 1, height),  # RowsPerStrip
+        (279, long_, 1, len(strip)),  # StripByteCounts
+        *((60000 + i, 0, 1, 1) for i in range(invalid_types)),
+        (65500, short, 1000, 1 << 24),  # 2000 bytes at 16 MiB: past the end of the file
+    ]
+    directory_end = 8 + 2 + 12 * len(entries) + 4
+    bits_at, strip_at = directory_end, directory_end + 6
+    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(entries)))
+    for tag, kind, count, value in entries:
+        if value is None:
+            value = bits_at if tag == 258 else strip_at
+        packed = (
+            struct.pack("<HH", value, 0)
+            if kind == short and count == 1
+            else struct.pack("<I", value)
+        )
+        out += struct.pack("<HHI", tag, kind, count) + packed
+    out += struct.pack("<I", 0)  # no next directory
+    return bytes(out + struct.pack("<3H", 8, 8, 8) + strip)

@@ -6,6 +6,7 @@ import concurrent.futures
 import functools
 import io
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -21,23 +22,17 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageFile
 
 from service import errors
-from service.tasks import images
-from service.tasks.images import (
+from service.tasks.images import request as image_request
+from service.tasks.images.errors import (
     BadParams,
     ImageDecodeError,
     ImageError,
-    ImageInfo,
-    ImageRequest,
     NotAnImage,
-    Op,
-    OutputFormat,
     TooManyPixels,
-    bench_op,
-    check_request,
-    parse_request,
-    probe,
-    process_image,
 )
+from service.tasks.images.probe import ImageInfo, check_request, probe
+from service.tasks.images.process import process_image
+from service.tasks.images.request import ImageRequest, Op, OutputFormat, parse_request
 from tests import imagegen
 
 MAX_PIXELS = 4_000_000
@@ -268,11 +263,12 @@ def test_icc_profile_kept_only_when_colour_space_unchanged() -> None:
     assert "icc_profile" not in gray.info
 
 
-def test_bench_op_resizes_to_bench_width_as_jpeg() -> None:
-    """bench_op decodes a 3-megapixel photo and returns a BENCH_WIDTH-wide JPEG, aspect kept."""
-    result = bench_op(imagegen.photo_like(2048, 1536, "jpeg"))
+def test_resize_of_a_photo_decodes_it_whole_and_encodes_jpeg() -> None:
+    """A 3-megapixel JPEG photo resized to 1600x1200 comes back that size as a JPEG."""
+    result = run(imagegen.photo_like(2048, 1536, "jpeg"), op="resize", width="1600",
+                 height="1200", format="jpeg")  # fmt: skip
     im = opened(result)
-    assert im.size == (images.BENCH_WIDTH, 1200)
+    assert im.size == (1600, 1200)
     assert im.format == "JPEG"
 
 
@@ -393,7 +389,7 @@ def valid_params(draw: st.DrawFn) -> dict[str, str]:
     op = draw(_ops)
     params = {"op": op.value}
     side = st.integers(1, MAX_SIDE).map(str)
-    for name in images._OP_PARAMS[op]:
+    for name in image_request._OP_PARAMS[op]:
         if name in ("width", "height"):
             params[name] = draw(side)
         elif name == "degrees":
@@ -503,7 +499,8 @@ def test_bomb_is_refused_without_decoding() -> None:
         import io, json, re
         from PIL import Image
         from tests import imagegen
-        from service.tasks.images import TooManyPixels, probe
+        from service.tasks.images.errors import TooManyPixels
+        from service.tasks.images.probe import probe
 
         def peak_mb():
             # VmHWM: this process's peak resident memory. (ru_maxrss would carry the
@@ -550,6 +547,23 @@ def test_oversized_webp_canvas_is_refused() -> None:
     # The forged file opens (libwebp sizes its canvas from this header); the limit refuses it.
     with pytest.raises(TooManyPixels, match="3000x2000"):
         probe(bytes(data), max_pixels=MAX_PIXELS)
+
+
+@pytest.mark.filterwarnings("ignore:Tag data larger than file")
+def test_libtiff_messages_are_log_records_not_stderr(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """libtiff's complaints about a TIFF's tags become debug records; none reaches fd 2."""
+    caplog.set_level(logging.DEBUG, logger="libtiff")
+    out = opened(run(imagegen.tiff_with_odd_tags(invalid_types=2), op="grayscale"))
+    assert out.size == (16, 8)
+    assert "TIFF" not in capfd.readouterr().err
+    messages = [r.getMessage() for r in caplog.records if r.name == "libtiff"]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "libtiff")
+    for tag in (60000, 60001):
+        assert any(
+            m.startswith("TIFFFetchNormalTag: ") and f"custom tag {tag} " in m for m in messages
+        ), messages
 
 
 # --------------------------------------------------------------------------- job failures

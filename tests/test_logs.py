@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from service.logs import REDACTED, JsonFormatter, Redactor, logconfig_dict
+from tests import imagegen
 from tests.clients import ALICE, bearer
 from tests.conftest import SEED_BATCH
 from tests.server import Server
@@ -188,3 +189,38 @@ def test_access_log_line_has_route_status_duration_and_ids(server: Server) -> No
     assert lost[0]["route"] == "unmatched"
     assert lost[0]["status"] == 404
     assert len(lost[0]["request_id"]) == 16  # generated when the client sent none
+
+
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def test_pillow_and_libtiff_messages_are_json_lines(server_factory: Callable[..., Server]) -> None:
+    """A TIFF that makes Pillow warn at the probe and libtiff complain in the job leaves only
+    JSON lines: the probe's warning from a worker, libtiff's errors from a cpu process."""
+    srv = server_factory(env={"JOBPOOL_LOG_LEVEL": "debug"})
+    r = srv.post(
+        "/v1/images?op=grayscale&format=png",
+        body=imagegen.tiff_with_odd_tags(invalid_types=3),
+        headers={"Content-Type": "image/tiff"},
+    )
+    assert r.status == 202
+    assert srv.wait_final(r.json()["job"])["state"] == "succeeded"
+    workers = set(srv.worker_pids())
+    srv.stop()
+
+    lines = srv.log().splitlines()
+    assert [line for line in lines if not _json_object(line)] == []
+    docs = [orjson.loads(line) for line in lines]
+    probe_warnings = [
+        d for d in docs if d["logger"] == "py.warnings" and "Tag data larger than file" in d["msg"]
+    ]
+    assert any(d["pid"] in workers for d in probe_warnings), "the probe runs in a worker"
+    libtiff = [d for d in docs if d["logger"] == "libtiff"]
+    assert {d["level"] for d in libtiff} == {"debug"}
+    assert all(d["pid"] not in workers for d in libtiff), "decoding runs in a cpu process"
+    for tag in (60000, 60001, 60002):  # formatted with their arguments, one tag each
+        assert any(f"custom tag {tag} " in d["msg"] for d in libtiff), tag

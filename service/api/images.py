@@ -9,7 +9,9 @@ from service.api.jobs import answer_submitted
 from service.config import Settings
 from service.errors import UnsupportedMediaType
 from service.jobs.layer import JobLayer
-from service.tasks import images
+from service.tasks.images.errors import BadParams
+from service.tasks.images.probe import check_request, probe
+from service.tasks.images.request import parse_request
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 
@@ -35,12 +37,12 @@ class ImagesResource:
         params: dict[str, str] = {}
         for name, value in req.params.items():
             if not isinstance(value, str):
-                raise images.BadParams(f"{name!r} is given more than once", param=name)
+                raise BadParams(f"{name!r} is given more than once", param=name)
             params[name] = value
-        request = images.parse_request(params, max_side=s.image_max_side)
+        request = parse_request(params, max_side=s.image_max_side)
         data = await read_body(req, s.image_body_max, setting="JOBPOOL_IMAGE_BODY_MAX")
-        info = images.probe(data, max_pixels=s.image_max_pixels)
-        images.check_request(request, info, max_pixels=s.image_max_pixels)
+        info = probe(data, max_pixels=s.image_max_pixels)
+        check_request(request, info, max_pixels=s.image_max_pixels)
         record = await self.layer.submit(
             "image",
             {"data": data, "request": request.to_dict(), "max_pixels": s.image_max_pixels},
