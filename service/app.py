@@ -28,7 +28,7 @@ from service.errors import ShuttingDown
 from service.jobs.cpu_pool import CpuPool
 from service.jobs.io_pool import IoPool
 from service.jobs.layer import JobLayer
-from service.jobs.redis_store import RedisStore
+from service.jobs.redis.store import RedisStore
 from service.jobs.registry import POOLS, Registry, registry
 from service.jobs.sqlite_store import SqliteStore
 from service.jobs.store import Store

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from service.config import Settings
 from service.fleet_limits import FleetLimits
-from service.jobs.redis_store import RedisStore
+from service.jobs.redis.store import RedisStore
 from service.jobs.store import Store
 from service.limits import HostLimits
 

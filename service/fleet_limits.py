@@ -25,7 +25,7 @@ the client N times its share. Here both limits live in the Redis the hosts share
   rate costs a worker at most one round trip per ``LEASE_S``, however hard it floods.
 * **jobs in flight** (``JOBPOOL_CLIENT_MAX_INFLIGHT``): counted by the store's own scripts,
   in the same step that changes a job's state, and refused by the script that would store
-  the job (see :mod:`service.jobs.redis_lua`). So jobs waiting in the fleet's shared queue
+  the job (see :mod:`service.jobs.redis.scripts`). So jobs waiting in the fleet's shared queue
   count too, the cap is never overshot, and the count is exactly as durable as the jobs: a
   host that dies (SIGKILL) leaves no count behind that its jobs do not stand for, and a job
   taken over by another host counts once. The job layer's quota hooks are no-ops here.
@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.errors import RateLimited
-from service.jobs.redis_store import RedisStore
+from service.jobs.redis.store import RedisStore
 from service.limits import LEASE_S, lease_size
 
 #: Seconds a full bucket is kept past the time it takes to fill up.

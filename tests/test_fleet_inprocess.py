@@ -13,7 +13,7 @@ from falcon import testing
 
 from service.app import create_app
 from service.config import Settings, StoreUrl
-from service.jobs.redis_store import RedisStore
+from service.jobs.redis.store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.state import JobState
 from service.keys import env_entries

@@ -15,7 +15,7 @@ import pytest
 
 from service.errors import RateLimited, StoreUnavailable
 from service.fleet_limits import FleetLimits
-from service.jobs.redis_store import RedisStore
+from service.jobs.redis.store import RedisStore
 from service.limits import LEASE_S
 from tests.redis_server import RedisServer
 from tests.test_redis_store import make

@@ -13,7 +13,7 @@ import pytest
 
 from service.config import StoreUrl
 from service.errors import Overloaded, StoreUnavailable, TooManyJobs
-from service.jobs.redis_store import RedisStore
+from service.jobs.redis.store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.state import JobState
 from tests.redis_server import RedisServer
@@ -144,7 +144,7 @@ async def test_renewal_notices_a_lease_that_was_taken_over(
     await b.adopt_orphans()
     assert [r.id for r in await b.claim(ROOM, 2.0)] == [job.id]
     a._renewer = asyncio.create_task(a._renew_loop())
-    with caplog.at_level(logging.WARNING, logger="service.jobs.redis_store"):
+    with caplog.at_level(logging.WARNING, logger="service.jobs.redis.store"):
         for _ in range(50):
             if job.id not in a._held:
                 break

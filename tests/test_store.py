@@ -20,7 +20,7 @@ from service.config import StoreUrl
 from service.errors import StoreUnavailable
 from service.ids import new_id
 from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
-from service.jobs.redis_store import RedisStore
+from service.jobs.redis.store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.sqlite_store import SqliteStore
 from service.jobs.state import ADD, CANCEL, FINISH, MOVES, REQUEUE, START, JobState, Move

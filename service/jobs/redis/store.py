@@ -5,7 +5,7 @@ by one host is read, waited on and cancelled through any other; queued jobs wait
 streams, and a worker with room takes the oldest (:meth:`RedisStore.claim`), so a busy host
 does not sit on work an idle one could run; a running job holds a lease its worker renews,
 and when a host dies its leases run out and the others put its jobs back in the queue.
-The layout and each state change are in :mod:`service.jobs.redis_lua`.
+The layout and each state change are in :mod:`service.jobs.redis.scripts`.
 
 Why one pipeline per loop tick: the commands of all the requests a worker handles in one
 event-loop tick go to Redis in one round trip, while the previous one is in flight the next
@@ -17,7 +17,7 @@ the slot shares out the host's cpu budget, and names this worker in Redis
 without waiting for its leases to run out.
 
 Jobs in flight per client are counted here, by the scripts that change a job's state (see
-:mod:`service.jobs.redis_lua`), and :meth:`RedisStore.add` refuses a client's job over
+:mod:`service.jobs.redis.scripts`), and :meth:`RedisStore.add` refuses a client's job over
 ``client_max_inflight`` (``JOBPOOL_CLIENT_MAX_INFLIGHT``) with :class:`TooManyJobs`: the
 store is the one place that sees every host's jobs, and the check and the write are one
 step. Every ``RECOUNT_S`` one worker of the fleet counts them again from the streams, so
@@ -50,7 +50,7 @@ from service.config import StoreUrl
 from service.errors import Overloaded, StoreUnavailable, TooManyJobs
 from service.ids import id_floor, id_time
 from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
-from service.jobs.redis_lua import PRELUDE, SCRIPTS
+from service.jobs.redis.scripts import PRELUDE, SCRIPTS
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot, host_id
 from service.jobs.state import JobState
