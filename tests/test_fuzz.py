@@ -56,9 +56,29 @@ JSON = st.recursive(
     ),
     max_leaves=12,
 )
-TIMES = st.sampled_from(
-    ["2017-01-01T00:00:01Z", "2020-02-29T23:59:60.5+01:00", "2017-01-01", "", "nope", "T"]
-) | st.text(max_size=30)
+# Date-times near the edges of RFC 3339: every field one past its range at either end.
+DATE_TIMES = st.builds(
+    "{:04d}-{:02d}-{:02d}{}{:02d}:{:02d}:{:02d}{}{}".format,
+    st.sampled_from([0, 1, 1900, 2000, 2016, 2017, 9999]),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.sampled_from("Tt "),
+    st.sampled_from([0, 1, 15, 23, 24]),
+    st.sampled_from([0, 58, 59, 60]),
+    st.sampled_from([0, 59, 60, 61]),
+    st.sampled_from(["", ".5", ".", ".123456789"]),
+    st.sampled_from(["Z", "z", "", "+0100"])
+    | st.builds(
+        "{}{:02d}:{:02d}".format, st.sampled_from("+-"), st.integers(0, 24), st.integers(0, 99)
+    ),
+)
+TIMES = (
+    st.sampled_from(
+        ["2017-01-01T00:00:01Z", "2020-03-01T00:59:60.5+01:00", "2017-01-01", "", "nope", "T"]
+    )
+    | st.text(max_size=30)
+    | DATE_TIMES
+)
 ITEM = st.fixed_dictionaries(
     {},
     optional={
@@ -71,7 +91,7 @@ ITEM = st.fixed_dictionaries(
 GOOD_ITEM = st.fixed_dictionaries(
     {
         "id": st.text(min_size=1, max_size=10),
-        "time": st.sampled_from(["2017-01-01T00:00:01Z", "2020-02-29T23:59:60.5+01:00"]),
+        "time": st.sampled_from(["2017-01-01T00:00:01Z", "2020-03-01T00:59:60.5+01:00"]),
         "data": st.text(max_size=20),
     }
 )

@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
-from datetime import datetime
 from typing import Any
 
 from service.errors import Invalid
 from service.jobs.registry import job
+from service.rfc3339 import is_rfc3339
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 20
 FIELDS = frozenset({"id", "time", "data"})
-# RFC 3339 section 5.6 date-time: a "T" (either case), optional fraction, and a "Z" or a
-# numeric offset. datetime.fromisoformat alone also takes dates, week dates, no offset...
-# so the shape is checked here and the ranges (month lengths, leap years) by fromisoformat.
-_DATE_TIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(\d{2})(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})",
-    re.ASCII,  # \d must not match other scripts' digits
-)
-
-
-def is_rfc3339(text: str) -> bool:
-    """Whether ``text`` is a valid RFC 3339 date-time (ranges checked, leap seconds too)."""
-    m = _DATE_TIME.fullmatch(text)
-    if m is None:
-        return False
-    if m.group(1) == "60":  # a leap second: datetime has none, so check the rest at :59
-        text = text[: m.start(1)] + "59" + text[m.end(1) :]
-    try:
-        datetime.fromisoformat(text.upper())
-    except ValueError:
-        return False
-    return True
 
 
 def parse_batch(body: Any, *, max_items: int) -> list[dict[str, str]]:
