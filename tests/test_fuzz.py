@@ -12,20 +12,23 @@ import asyncio
 import contextlib
 import string
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
 import pytest
 from falcon import testing
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from service import ids, netguard
-from service.api.http import preferred_wait
+from service.api.fetch import decode_fetch
+from service.api.http import parse_json, preferred_wait
+from service.api.parcels import decode_batch
 from service.app import create_app
 from service.config import Settings
-from service.errors import Invalid, Unauthorized
+from service.errors import BadRequest, Invalid, Unauthorized
 from service.keys import Keyring, env_entries
 from service.tasks.parcels import parse_batch
 from tests.clients import ALICE, API_KEYS
@@ -95,6 +98,31 @@ GOOD_ITEM = st.fixed_dictionaries(
         "data": st.text(max_size=20),
     }
 )
+
+
+#: Per field, values that come close to a good one.
+NEAR_MISSES = {
+    "id": st.sampled_from(["", 1, None]),
+    "time": DATE_TIMES | st.sampled_from([1483228801, "", None]),
+    "data": st.sampled_from([5, None, ["a"]]),
+}
+
+
+@st.composite
+def near_items(draw: st.DrawFn) -> dict[str, Any]:
+    """A good item with one thing changed: a field dropped or added, or one near miss."""
+    item: dict[str, Any] = dict(draw(GOOD_ITEM))
+    how = draw(st.sampled_from(["drop", "add", "miss"]))
+    if how == "drop":
+        del item[draw(st.sampled_from(sorted(item)))]
+    elif how == "add":
+        item[draw(st.text(max_size=8).filter(lambda k: k not in item))] = draw(JSON)
+    else:
+        field = draw(st.sampled_from(sorted(NEAR_MISSES)))
+        item[field] = draw(NEAR_MISSES[field])
+    return item
+
+
 BATCH = st.fixed_dictionaries(
     {"Data": st.lists(GOOD_ITEM | ITEM, max_size=6) | JSON}, optional={"x": JSON}
 )
@@ -360,6 +388,68 @@ def test_batch_parser_accepts_or_says_why(body: Any, max_items: int) -> None:
         return
     assert 1 <= len(items) <= max_items
     assert all(set(i) == {"id", "time", "data"} for i in items)
+
+
+def outcome(parse: Callable[[bytes], Any], body: bytes) -> Any:
+    """What ``parse`` makes of ``body``: its value, or the error it raises and its problems."""
+    try:
+        return parse(body)
+    except (BadRequest, Invalid) as ex:
+        return type(ex), ex.detail, ex.extra
+
+
+@examples(max_examples=PARSER_EXAMPLES, deadline=None)
+@given(
+    # Half good batches with a near miss or two, half anything (mapped, so that one_of
+    # does not flatten it).
+    body=st.builds(
+        lambda good, near, at, extra: orjson.dumps(
+            {"Data": [*good[:at], *near, *good[at:]], **extra}
+        ),
+        st.lists(GOOD_ITEM, max_size=8),
+        st.lists(near_items(), max_size=2),
+        st.integers(0, 8),
+        st.dictionaries(st.sampled_from(["x", "data", "DATA"]), JSON, max_size=1),
+    )
+    | (BODIES | BATCH.map(orjson.dumps)).map(bytes),
+    max_items=st.integers(1, 10),
+)
+@example(body=b'{"Data": [{"id": "", "time": "2017-01-01T00:00:01Z", "data": ""}]}', max_items=1)
+@example(body=b'{"Data": [{"id": "1", "time": "2017-01-01T12:00:60Z", "data": ""}]}', max_items=1)
+@example(
+    body=b'{"Data": [{"id": "1", "time": "2017-01-01T00:00:01Z", "data": "", "x": 0}]}', max_items=1
+)
+@example(
+    body=b'{"Data": [{"id": "1", "time": "2017-01-01T00:00:01Z", "data": ""}], "x": 0}', max_items=1
+)
+@example(body=b'{"Data": [], "x": 0}', max_items=1)
+def test_one_pass_batch_decode_agrees_with_the_walk(body: bytes, max_items: int) -> None:
+    """The batch decoded in one pass (msgspec) is what orjson and the walk make of the same
+    body: the same items, or the same refusal listing the same problems."""
+    one_pass = outcome(partial(decode_batch, max_items=max_items), body)
+    walked = outcome(lambda b: parse_batch(parse_json(b), max_items=max_items), body)
+    assert one_pass == walked
+
+
+@examples(max_examples=PARSER_EXAMPLES, deadline=None)
+@given(
+    body=BODIES
+    | st.fixed_dictionaries(
+        {"url": URLS | JSON},
+        optional={"method": st.sampled_from(["GET", "HEAD", "POST"]) | JSON, "x": JSON},
+    ).map(orjson.dumps)
+)
+def test_fetch_request_is_decoded_or_refused_with_a_reason(body: bytes) -> None:
+    """Any body is a Fetch with a url string and GET or HEAD, or a 400 or 422 with a detail."""
+    try:
+        fetch = decode_fetch(body)
+    except (BadRequest, Invalid) as ex:
+        detail = ex.detail
+        assert detail
+        return
+    assert isinstance(fetch.url, str)
+    assert fetch.method in ("GET", "HEAD")
+    assert orjson.loads(body)["url"] == fetch.url
 
 
 @examples(max_examples=PARSER_EXAMPLES, deadline=None)

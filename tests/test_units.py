@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,12 @@ def test_is_valid_rejects_what_new_id_cannot_make(text: str) -> None:
     """is_valid is false for any string outside the id alphabet or length."""
     if len(text) != ids.ID_LENGTH or set(text) - set(ids.ALPHABET):
         assert not ids.is_valid(text)
+
+
+@given(st.text(ids.ALPHABET + "89AZiloux-", min_size=24, max_size=28) | st.builds(ids.new_id))
+def test_id_pattern_says_what_is_valid_checks(text: str) -> None:
+    """The id pattern /openapi.json shows matches exactly the texts is_valid accepts."""
+    assert (re.fullmatch(ids.PATTERN, text) is not None) is ids.is_valid(text)
 
 
 def test_final_states_have_no_way_out() -> None:

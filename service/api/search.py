@@ -8,7 +8,8 @@ from typing import Any
 
 import falcon.asgi
 
-from service.api.http import send_json
+from service.api.http import send_struct
+from service.api.search_answer import ProviderStatus, SearchAnswer, SearchItem
 from service.config import Settings
 from service.errors import Invalid
 from service.jobs.cpu_pool import TaskTimeout
@@ -55,31 +56,31 @@ class SearchResource:
         }
         if calls:
             await asyncio.wait(calls.values(), timeout=s.search_deadline_ms / 1000)
-        statuses: list[dict[str, Any]] = []
+        statuses: list[ProviderStatus] = []
         found: list[tuple[str, list[dict[str, Any]]]] = []
         for name, call in calls.items():
-            status: dict[str, Any] = {"name": name}
             if not call.done():
                 call.cancel()  # the thread finishes on its own; nobody waits for it
-                status.update(status="timeout", elapsed_ms=s.search_deadline_ms)
+                status = ProviderStatus(name, "timeout", elapsed_ms=s.search_deadline_ms)
             elif (ex := call.exception()) is not None:
                 timed_out = isinstance(ex, ProviderTimeout | TaskTimeout)
-                status.update(
-                    status="timeout" if timed_out else "error",
+                status = ProviderStatus(
+                    name,
+                    "timeout" if timed_out else "error",
                     error=str(ex) if timed_out else describe(ex),
                     elapsed_ms=None,
                 )
             else:
                 items, elapsed_ms = call.result()
-                status.update(status="ok", count=len(items), elapsed_ms=elapsed_ms)
+                status = ProviderStatus(name, "ok", count=len(items), elapsed_ms=elapsed_ms)
                 found.append((name, items))
             statuses.append(status)
-        send_json(resp, {
-            "query": q,
-            "items": merge(found, limit),
-            "providers": statuses,
-            "elapsed_ms": round((time.perf_counter() - started) * 1000),
-        })  # fmt: skip
+        send_struct(resp, SearchAnswer(
+            query=q,
+            items=[SearchItem(**item) for item in merge(found, limit)],
+            providers=statuses,
+            elapsed_ms=round((time.perf_counter() - started) * 1000),
+        ))  # fmt: skip
 
     async def _ask(
         self, url: str, q: str, limit: int, timeout_s: float
