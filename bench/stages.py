@@ -15,6 +15,7 @@ settings, the lifespan, the store) is what production runs. Not for serving: a j
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import falcon.asgi
@@ -22,13 +23,13 @@ import falcon.asgi
 from service import logs
 from service.api.http import read_json
 from service.api.jobs import accepted as answer_accepted
+from service.api.parcels import decode_batch
 from service.app import create_app
 from service.config import Settings
 from service.ids import new_id
 from service.jobs.layer import JobLayer
 from service.jobs.record import JobRecord
 from service.jobs.state import JobState
-from service.tasks.parcels import parse_batch
 
 
 class Validated:
@@ -39,8 +40,8 @@ class Validated:
         self.settings = settings
 
     async def items(self, req: falcon.asgi.Request) -> list[Any]:
-        body = await read_json(req, self.settings.body_max)
-        return parse_batch(body, max_items=self.settings.batch_max)
+        decode = partial(decode_batch, max_items=self.settings.batch_max)
+        return await read_json(req, self.settings.body_max, decode)
 
     def record(self, req: falcon.asgi.Request, items: list[Any]) -> JobRecord:
         now = self.layer.clock()

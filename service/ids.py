@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's base32, lower case
 ID_LENGTH = 26  # ceil(128 / 5)
+#: An id as a regular expression (JSON Schema's dialect too): what :func:`is_valid` checks.
+PATTERN = "^[0-7][0-9a-hjkmnp-tv-z]{25}$"
 RANDOM_BITS = 80
 ID_TIME_CHARS = 10  # the first 10 characters hold the 48-bit millisecond time (50 bits)
 # 80 random bits are exactly the last 16 digits: they are drawn as digits, a byte each.

@@ -12,20 +12,23 @@ import asyncio
 import contextlib
 import string
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
 import pytest
 from falcon import testing
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from service import ids, netguard
-from service.api.http import preferred_wait
+from service.api.fetch import decode_fetch
+from service.api.http import parse_json, preferred_wait
+from service.api.parcels import decode_batch
 from service.app import create_app
 from service.config import Settings
-from service.errors import Invalid, Unauthorized
+from service.errors import BadRequest, Invalid, Unauthorized
 from service.keys import Keyring, env_entries
 from service.tasks.parcels import parse_batch
 from tests.clients import ALICE, API_KEYS
@@ -56,9 +59,29 @@ JSON = st.recursive(
     ),
     max_leaves=12,
 )
-TIMES = st.sampled_from(
-    ["2017-01-01T00:00:01Z", "2020-02-29T23:59:60.5+01:00", "2017-01-01", "", "nope", "T"]
-) | st.text(max_size=30)
+# Date-times near the edges of RFC 3339: every field one past its range at either end.
+DATE_TIMES = st.builds(
+    "{:04d}-{:02d}-{:02d}{}{:02d}:{:02d}:{:02d}{}{}".format,
+    st.sampled_from([0, 1, 1900, 2000, 2016, 2017, 9999]),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.sampled_from("Tt "),
+    st.sampled_from([0, 1, 15, 23, 24]),
+    st.sampled_from([0, 58, 59, 60]),
+    st.sampled_from([0, 59, 60, 61]),
+    st.sampled_from(["", ".5", ".", ".123456789"]),
+    st.sampled_from(["Z", "z", "", "+0100"])
+    | st.builds(
+        "{}{:02d}:{:02d}".format, st.sampled_from("+-"), st.integers(0, 24), st.integers(0, 99)
+    ),
+)
+TIMES = (
+    st.sampled_from(
+        ["2017-01-01T00:00:01Z", "2020-03-01T00:59:60.5+01:00", "2017-01-01", "", "nope", "T"]
+    )
+    | st.text(max_size=30)
+    | DATE_TIMES
+)
 ITEM = st.fixed_dictionaries(
     {},
     optional={
@@ -71,10 +94,35 @@ ITEM = st.fixed_dictionaries(
 GOOD_ITEM = st.fixed_dictionaries(
     {
         "id": st.text(min_size=1, max_size=10),
-        "time": st.sampled_from(["2017-01-01T00:00:01Z", "2020-02-29T23:59:60.5+01:00"]),
+        "time": st.sampled_from(["2017-01-01T00:00:01Z", "2020-03-01T00:59:60.5+01:00"]),
         "data": st.text(max_size=20),
     }
 )
+
+
+#: Per field, values that come close to a good one.
+NEAR_MISSES = {
+    "id": st.sampled_from(["", 1, None]),
+    "time": DATE_TIMES | st.sampled_from([1483228801, "", None]),
+    "data": st.sampled_from([5, None, ["a"]]),
+}
+
+
+@st.composite
+def near_items(draw: st.DrawFn) -> dict[str, Any]:
+    """A good item with one thing changed: a field dropped or added, or one near miss."""
+    item: dict[str, Any] = dict(draw(GOOD_ITEM))
+    how = draw(st.sampled_from(["drop", "add", "miss"]))
+    if how == "drop":
+        del item[draw(st.sampled_from(sorted(item)))]
+    elif how == "add":
+        item[draw(st.text(max_size=8).filter(lambda k: k not in item))] = draw(JSON)
+    else:
+        field = draw(st.sampled_from(sorted(NEAR_MISSES)))
+        item[field] = draw(NEAR_MISSES[field])
+    return item
+
+
 BATCH = st.fixed_dictionaries(
     {"Data": st.lists(GOOD_ITEM | ITEM, max_size=6) | JSON}, optional={"x": JSON}
 )
@@ -340,6 +388,68 @@ def test_batch_parser_accepts_or_says_why(body: Any, max_items: int) -> None:
         return
     assert 1 <= len(items) <= max_items
     assert all(set(i) == {"id", "time", "data"} for i in items)
+
+
+def outcome(parse: Callable[[bytes], Any], body: bytes) -> Any:
+    """What ``parse`` makes of ``body``: its value, or the error it raises and its problems."""
+    try:
+        return parse(body)
+    except (BadRequest, Invalid) as ex:
+        return type(ex), ex.detail, ex.extra
+
+
+@examples(max_examples=PARSER_EXAMPLES, deadline=None)
+@given(
+    # Half good batches with a near miss or two, half anything (mapped, so that one_of
+    # does not flatten it).
+    body=st.builds(
+        lambda good, near, at, extra: orjson.dumps(
+            {"Data": [*good[:at], *near, *good[at:]], **extra}
+        ),
+        st.lists(GOOD_ITEM, max_size=8),
+        st.lists(near_items(), max_size=2),
+        st.integers(0, 8),
+        st.dictionaries(st.sampled_from(["x", "data", "DATA"]), JSON, max_size=1),
+    )
+    | (BODIES | BATCH.map(orjson.dumps)).map(bytes),
+    max_items=st.integers(1, 10),
+)
+@example(body=b'{"Data": [{"id": "", "time": "2017-01-01T00:00:01Z", "data": ""}]}', max_items=1)
+@example(body=b'{"Data": [{"id": "1", "time": "2017-01-01T12:00:60Z", "data": ""}]}', max_items=1)
+@example(
+    body=b'{"Data": [{"id": "1", "time": "2017-01-01T00:00:01Z", "data": "", "x": 0}]}', max_items=1
+)
+@example(
+    body=b'{"Data": [{"id": "1", "time": "2017-01-01T00:00:01Z", "data": ""}], "x": 0}', max_items=1
+)
+@example(body=b'{"Data": [], "x": 0}', max_items=1)
+def test_one_pass_batch_decode_agrees_with_the_walk(body: bytes, max_items: int) -> None:
+    """The batch decoded in one pass (msgspec) is what orjson and the walk make of the same
+    body: the same items, or the same refusal listing the same problems."""
+    one_pass = outcome(partial(decode_batch, max_items=max_items), body)
+    walked = outcome(lambda b: parse_batch(parse_json(b), max_items=max_items), body)
+    assert one_pass == walked
+
+
+@examples(max_examples=PARSER_EXAMPLES, deadline=None)
+@given(
+    body=BODIES
+    | st.fixed_dictionaries(
+        {"url": URLS | JSON},
+        optional={"method": st.sampled_from(["GET", "HEAD", "POST"]) | JSON, "x": JSON},
+    ).map(orjson.dumps)
+)
+def test_fetch_request_is_decoded_or_refused_with_a_reason(body: bytes) -> None:
+    """Any body is a Fetch with a url string and GET or HEAD, or a 400 or 422 with a detail."""
+    try:
+        fetch = decode_fetch(body)
+    except (BadRequest, Invalid) as ex:
+        detail = ex.detail
+        assert detail
+        return
+    assert isinstance(fetch.url, str)
+    assert fetch.method in ("GET", "HEAD")
+    assert orjson.loads(body)["url"] == fetch.url
 
 
 @examples(max_examples=PARSER_EXAMPLES, deadline=None)

@@ -47,7 +47,7 @@ async def test_seed_batch_is_accepted_stored_and_readable_item_by_item(
 async def test_each_parcel_keeps_its_own_data(client: testing.ASGIConductor) -> None:
     """The seed's loop-pointer bug has no twin: 200 parcels each keep their own data."""
     items = [
-        {"id": f"p{i}", "time": "2020-02-29T23:59:60.5+01:00", "data": f"payload-{i}"}
+        {"id": f"p{i}", "time": "2020-03-01T00:59:60.5+01:00", "data": f"payload-{i}"}
         for i in range(200)
     ]
     r = await client.simulate_post("/v1/parcels", json={"Data": items})

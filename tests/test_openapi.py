@@ -101,6 +101,24 @@ def test_every_reference_resolves_and_every_operation_is_complete(
     jsonschema.Draft202012Validator.check_schema(doc["components"]["schemas"]["Batch"])
 
 
+def test_derived_schemas_are_valid_and_carry_the_settings_limits(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The schemas derived from the Structs are valid JSON Schema, with maxItems the smaller
+    of JOBPOOL_BATCH_MAX and JOBPOOL_IO_QUEUE_MAX and the URL's maxLength from its setting;
+    the parcel's time states the RFC 3339 rule."""
+    doc = document(make_settings(batch_max=5, io_queue_max=100, fetch_max_url_length=100))
+    schemas = doc["components"]["schemas"]
+    for schema in schemas.values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    assert schemas["Batch"]["properties"]["Data"]["maxItems"] == 5
+    assert schemas["Fetch"]["properties"]["url"]["maxLength"] == 100
+    time = schemas["Parcel"]["properties"]["time"]
+    assert time["format"] == "date-time"
+    assert "23:59 UTC" in time["description"]
+    assert "00-59" in time["description"]
+
+
 def test_with_the_redis_store_every_keyed_operation_may_answer_503(
     make_settings: Callable[..., Settings],
 ) -> None:

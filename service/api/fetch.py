@@ -2,18 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import falcon.asgi
+import msgspec
 
 from service import netguard
-from service.api.http import preferred_wait, read_json
+from service.api.http import decode_struct, preferred_wait, read_json
 from service.api.jobs import answer_submitted
 from service.config import Settings
 from service.errors import Invalid
 from service.jobs.layer import JobLayer
 
-METHODS = ("GET", "HEAD")
+Method = Literal["GET", "HEAD"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+class Fetch(msgspec.Struct, forbid_unknown_fields=True):
+    """A URL to fetch on the io pool, behind the SSRF guard."""
+
+    url: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            description="http or https; private, loopback and metadata addresses are "
+            "refused (422 at submit, or the job fails after DNS).",
+        ),
+    ]
+    method: Method = "GET"
+
+
+_FETCH = msgspec.json.Decoder(Fetch)
+
+
+def decode_fetch(body: bytes) -> Fetch:
+    """The fetch request in ``body``: 400 if it is not JSON, 422 if it is not one."""
+    return decode_struct(body, _FETCH, explain)
+
+
+def explain(body: Any) -> None:
+    """Raise :class:`Invalid` saying why ``body`` is not a :class:`Fetch`."""
+    if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+        raise Invalid('the body must be an object with a "url" string')
+    if body.get("method", "GET") not in METHODS:
+        raise Invalid(f'"method" must be one of {", ".join(METHODS)}')
+    extra = body.keys() - set(Fetch.__struct_encode_fields__)
+    if extra:
+        raise Invalid(f"unknown fields {sorted(extra)}")
+    if not body["url"]:
+        raise Invalid('"url" is empty')
 
 
 def fetch_limits(s: Settings) -> dict[str, Any]:
@@ -39,16 +76,8 @@ class FetchResource:
         self.limits = fetch_limits(settings)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        body = await read_json(req, self.settings.body_max)
-        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-            raise Invalid('the body must be an object with a "url" string')
-        method = body.get("method", "GET")
-        if method not in METHODS:
-            raise Invalid(f'"method" must be one of {", ".join(METHODS)}')
-        extra = body.keys() - {"url", "method"}
-        if extra:
-            raise Invalid(f"unknown fields {sorted(extra)}")
-        url: str = body["url"]
+        fetch = await read_json(req, self.settings.body_max, decode_fetch)
+        url, method = fetch.url, fetch.method
         try:
             netguard.precheck(
                 url,

@@ -7,8 +7,9 @@ from typing import Any
 import falcon.asgi
 
 from service import ids
-from service.api.http import preferred_wait, send_json
+from service.api.http import preferred_wait, send_json, send_struct
 from service.errors import Conflict, JobNotFound
+from service.jobs.document import Submitted, SubmittedState
 from service.jobs.layer import JobLayer
 from service.jobs.record import JobRecord
 from service.jobs.state import JobState
@@ -50,7 +51,7 @@ class JobResource:
         if wait_s > 0:
             resp.set_header("Preference-Applied", f"wait={wait_s}")
             record = await self.layer.wait(job_id, wait_s) or record
-        send_json(resp, record.document())
+        send_struct(resp, record.document())
 
     async def on_delete(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
@@ -63,7 +64,7 @@ class JobResource:
             raise Conflict(f"job {job_id} is {state.value}; only a queued job can be cancelled")
         record = await self.layer.get(job_id)
         assert record is not None
-        send_json(resp, record.document())
+        send_struct(resp, record.document())
 
 
 class JobResultResource:
@@ -85,7 +86,8 @@ class JobResultResource:
 def accepted(resp: falcon.asgi.Response, record: JobRecord, **extra: Any) -> None:
     """202 for a stored job, pointing at it."""
     resp.set_header("Location", f"/v1/jobs/{record.id}")
-    send_json(resp, {"job": record.id, "state": record.state.value, **extra}, status=202)
+    state: SubmittedState = "running" if record.state is JobState.RUNNING else "queued"
+    send_struct(resp, Submitted(job=record.id, state=state, **extra), status=202)
 
 
 async def answer_submitted(
@@ -108,6 +110,6 @@ async def answer_submitted(
             if final.state is JobState.SUCCEEDED and final.result is not None:
                 result_body(resp, final)
             else:
-                send_json(resp, final.document())
+                send_struct(resp, final.document())
             return
     accepted(resp, record, **extra)

@@ -1,9 +1,11 @@
-"""``GET /openapi.json``: the API's OpenAPI 3.1 document, maintained here by hand.
+"""``GET /openapi.json``: the API's OpenAPI 3.1 document.
 
 Every route that ``create_app`` wires is described here with its parameters, bodies and
 answers, errors included; ``tests/test_openapi.py`` fails when the two disagree, and CI
-runs schemathesis against the running server from this document (``.ci/run``). Limits
-(items per batch, body bytes, longest wait) come from the settings the app runs with.
+runs schemathesis against the running server from this document (``.ci/run``). The
+schemas of the bodies the API reads and writes are derived from the Structs that decode
+and encode them (:data:`DERIVED`); the limits the settings set (items per batch, URL
+length, body bytes, longest wait) are applied to them here.
 """
 
 from __future__ import annotations
@@ -12,112 +14,46 @@ from importlib import metadata
 from typing import Any
 
 import falcon.asgi
+import msgspec
 import orjson
 
+from service.api.fetch import Fetch
+from service.api.problems import Problem
 from service.api.search import BLANK_FREE_PATTERN
+from service.api.search_answer import SearchAnswer
 from service.api.security import OPEN_PATHS
 from service.config import Settings
+from service.jobs.document import JobDocument, Submitted
+from service.tasks.parcels import Batch
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
-ID_PATTERN = "^[0-7][0-9a-hjkmnp-tv-z]{25}$"
-JOB_FIELDS = ["id", "job", "state", "created_at", "started_at", "finished_at", "attempts", "error"]
+REF = "#/components/schemas/{name}"
+#: The Structs whose schemas (and those of the Structs and enums they hold) are derived.
+DERIVED = (Problem, Batch, Submitted, JobDocument, Fetch, SearchAnswer)
 
 # -- schemas ------------------------------------------------------------------------------
 
 
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": REF.format(name=name)}
+
+
+def _derived(settings: Settings) -> dict[str, Any]:
+    """The schemas of :data:`DERIVED`, with the limits of ``settings``."""
+    _, schemas = msgspec.json.schema_components(DERIVED, ref_template=REF)
+    # A batch the io pool can never hold is refused too (422).
+    data = schemas["Batch"]["properties"]["Data"]
+    data["maxItems"] = min(settings.batch_max, settings.io_queue_max)
+    schemas["Fetch"]["properties"]["url"]["maxLength"] = settings.fetch_max_url_length
+    return schemas
 
 
 def _schemas(settings: Settings) -> dict[str, Any]:
+    """The derived schemas, and those of the answers not yet declared as Structs."""
     count = {"type": "integer", "minimum": 0}
     return {
-        "Problem": {
-            "description": "An error (RFC 9457).",
-            "type": "object",
-            "required": ["type", "title", "status", "detail"],
-            "properties": {
-                "type": {"type": "string"},
-                "title": {"type": "string"},
-                "status": {"type": "integer", "minimum": 400, "maximum": 599},
-                "detail": {"type": "string"},
-                "errors": {
-                    "description": "What is wrong with the body, by JSON pointer (up to 20).",
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["pointer", "detail"],
-                        "properties": {
-                            "pointer": {"type": "string"},
-                            "detail": {"type": "string"},
-                        },
-                    },
-                },
-            },
-        },
-        "Parcel": {
-            "description": "One item of a batch, stored and read back exactly as sent.",
-            "type": "object",
-            "required": ["id", "time", "data"],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string", "minLength": 1},
-                "time": {
-                    "description": "An RFC 3339 date-time: a T, seconds, and Z or an offset.",
-                    "type": "string",
-                    "format": "date-time",
-                },
-                "data": {"type": "string"},
-            },
-        },
-        "Batch": {
-            "description": "The seed's batch: one io task per item.",
-            "type": "object",
-            "required": ["Data"],
-            "properties": {
-                "Data": {
-                    "type": "array",
-                    "minItems": 1,
-                    # A batch the io pool can never hold is refused too (422).
-                    "maxItems": min(settings.batch_max, settings.io_queue_max),
-                    "items": _ref("Parcel"),
-                },
-            },
-        },
-        "Submitted": {
-            "description": "A job stored and started or queued.",
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["job", "state"],
-            "properties": {
-                "job": {"type": "string", "pattern": ID_PATTERN},
-                "state": {"enum": ["queued", "running"]},
-                "accepted": {"description": "Items of a batch.", **count},
-            },
-        },
-        "Job": {
-            "description": "A job's state; ``items`` for batches.",
-            "type": "object",
-            "additionalProperties": False,
-            "required": JOB_FIELDS,
-            "properties": {
-                "id": {"type": "string", "pattern": ID_PATTERN},
-                "job": {"type": "string"},
-                "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
-                "created_at": {"type": "string", "format": "date-time"},
-                "started_at": {"type": ["string", "null"], "format": "date-time"},
-                "finished_at": {"type": ["string", "null"], "format": "date-time"},
-                "attempts": count,
-                "error": {"type": ["string", "null"]},
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["total", "done", "failed"],
-                    "properties": {"total": count, "done": count, "failed": count},
-                },
-            },
-        },
+        **_derived(settings),
         "BatchResult": {
             "description": "The result of a batch job.",
             "type": "object",
@@ -140,22 +76,6 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                         },
                     },
                 },
-            },
-        },
-        "Fetch": {
-            "description": "A URL to fetch on the io pool, behind the SSRF guard.",
-            "type": "object",
-            "required": ["url"],
-            "additionalProperties": False,
-            "properties": {
-                "url": {
-                    "description": "http or https; private, loopback and metadata addresses "
-                    "are refused (422 at submit, or the job fails after DNS).",
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": settings.fetch_max_url_length,
-                },
-                "method": {"enum": ["GET", "HEAD"], "default": "GET"},
             },
         },
         "Fetched": {
@@ -187,43 +107,6 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "redirects": {"type": "array", "items": {"type": "string"}},
                 "body_base64": {"type": ["string", "null"]},
                 "body_truncated": {"type": "boolean"},
-            },
-        },
-        "SearchAnswer": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["query", "items", "providers", "elapsed_ms"],
-            "properties": {
-                "query": {"type": "string"},
-                "items": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "title", "url", "score", "provider"],
-                        "properties": {
-                            "id": {"type": "string"},
-                            "title": {"type": "string"},
-                            "url": {"type": "string"},
-                            "score": {"type": "number"},
-                            "provider": {"type": "string"},
-                        },
-                    },
-                },
-                "providers": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "status", "elapsed_ms"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "status": {"enum": ["ok", "timeout", "error"]},
-                            "count": count,
-                            "elapsed_ms": {"type": ["integer", "null"]},
-                            "error": {"type": "string"},
-                        },
-                    },
-                },
-                "elapsed_ms": count,
             },
         },
         "Readiness": {
@@ -385,7 +268,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "parameters": [_prefer(settings, "the job to end")],
                 "requestBody": {"required": True, "content": _json(_ref("Batch"))},
                 "responses": _submit_answers(
-                    done=_json({"oneOf": [_ref("BatchResult"), _ref("Job")]}),
+                    done=_json({"oneOf": [_ref("BatchResult"), _ref("JobDocument")]}),
                     body="The body is not JSON.",
                     too_large=body_max,
                     invalid="The body is JSON but not a valid batch (``errors`` lists why), "
@@ -401,7 +284,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "parameters": [_prefer(settings, "the job to end")],
                 "requestBody": {"required": True, "content": _json(_ref("Fetch"))},
                 "responses": _submit_answers(
-                    done=_json({"oneOf": [_ref("Fetched"), _ref("Job")]}),
+                    done=_json({"oneOf": [_ref("Fetched"), _ref("JobDocument")]}),
                     body="The body is not JSON.",
                     too_large=body_max,
                     invalid="Not a fetch request, or a URL refused without DNS (scheme, "
@@ -424,7 +307,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                         "image/jpeg": binary,
                         "image/png": binary,
                         "image/webp": binary,
-                        JSON: {"schema": _ref("Job")},
+                        JSON: {"schema": _ref("JobDocument")},
                     },
                     body="The body is not an image of an accepted format.",
                     too_large=f"The image is over {settings.image_body_max} bytes "
@@ -490,7 +373,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "responses": {
                     "200": _answer(
                         "The job.",
-                        _json(_ref("Job")),
+                        _json(_ref("JobDocument")),
                         {"Preference-Applied": {"schema": {"type": "string"}}},
                     ),
                     "404": not_found,
@@ -501,7 +384,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "summary": "Cancel a job that has not started; the job stays readable.",
                 "parameters": [_job_id()],
                 "responses": {
-                    "200": _answer("The job, now cancelled.", _json(_ref("Job"))),
+                    "200": _answer("The job, now cancelled.", _json(_ref("JobDocument"))),
                     "404": not_found,
                     "409": _problem("The job is running or ended: it cannot be cancelled."),
                 },

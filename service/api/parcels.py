@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-import falcon.asgi
+from functools import partial
 
-from service.api.http import preferred_wait, read_json, send_json
+import falcon.asgi
+import msgspec
+
+from service.api.http import decode_struct, preferred_wait, read_json, send_json
 from service.api.jobs import answer_submitted
 from service.config import Settings
 from service.errors import NotFound
 from service.jobs.layer import JobLayer
-from service.tasks.parcels import parse_batch
+from service.tasks.parcels import Batch, batch_items, parse_batch
+
+_BATCH = msgspec.json.Decoder(Batch)
+
+
+def decode_batch(body: bytes, *, max_items: int) -> list[dict[str, str]]:
+    """The items of a batch body, checked: 400 if it is not JSON, else 422 with every
+    problem (:func:`parse_batch`) unless it is a batch of at most ``max_items``."""
+    batch = decode_struct(body, _BATCH, partial(parse_batch, max_items=max_items))
+    return batch_items(batch, max_items=max_items)
 
 
 class ParcelsResource:
@@ -23,8 +35,9 @@ class ParcelsResource:
         self.options = {"latency_ms": list(latency)} if latency else {}
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        items = parse_batch(
-            await read_json(req, self.settings.body_max), max_items=self.settings.batch_max
+        max_items = self.settings.batch_max
+        items = await read_json(
+            req, self.settings.body_max, partial(decode_batch, max_items=max_items)
         )
         record = await self.layer.submit_batch(
             "parcel", items, owner=req.context.owner, options=self.options

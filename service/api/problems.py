@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import falcon
 import falcon.asgi
-import orjson
+import msgspec
 
 from service import errors
 from service.api.http import drain
@@ -40,11 +40,35 @@ def status_of(ex: errors.ServiceError) -> int:
     return 500
 
 
+class FieldProblem(msgspec.Struct, forbid_unknown_fields=True):
+    """What is wrong with one part of the body, found by its JSON pointer (RFC 6901)."""
+
+    pointer: str
+    detail: str
+
+
+class Problem(msgspec.Struct):
+    """An error (RFC 9457). ``errors`` lists what is wrong with the body, by JSON pointer
+    (up to 20); ``param`` names the query parameter at fault."""
+
+    type: str
+    title: str
+    status: Annotated[int, msgspec.Meta(ge=400, le=599)]
+    detail: str
+    errors: list[FieldProblem] | msgspec.UnsetType = msgspec.UNSET
+    param: str | msgspec.UnsetType = msgspec.UNSET
+
+
+_encode = msgspec.json.Encoder().encode
+
+
 def problem(resp: falcon.asgi.Response, status: int, title: str, detail: str, **extra: Any) -> None:
+    """Answer with a problem document; ``extra`` holds its extension members (``errors``,
+    ``param``), as plain data."""
     resp.status = status
     resp.content_type = PROBLEM
-    resp.data = orjson.dumps({"type": "about:blank", "title": title, "status": status,
-                              "detail": detail, **extra})  # fmt: skip
+    doc = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    resp.data = _encode(msgspec.convert(doc, Problem))
 
 
 class Problems:

@@ -7,7 +7,8 @@ from typing import Any
 
 import falcon.asgi
 
-from service.api.http import send_json
+from service.api.http import send_struct
+from service.api.search_answer import ProviderStatus, SearchAnswer, SearchItem
 from service.config import Settings
 from service.errors import Invalid
 from service.jobs.failures import TaskTimeout, describe
@@ -53,30 +54,27 @@ class SearchResource:
             for _, url in s.search_providers
         ]  # fmt: skip
         outcomes = await self.layer.fan_out("search.provider", calls, s.search_deadline_ms / 1000)
-        statuses: list[dict[str, Any]] = []
+        statuses: list[ProviderStatus] = []
         found: list[tuple[str, list[dict[str, Any]]]] = []
         for (name, _), outcome in zip(s.search_providers, outcomes, strict=True):
-            status: dict[str, Any] = {"name": name}
             if outcome.cut_off:
-                status.update(status="timeout", elapsed_ms=s.search_deadline_ms)
+                status = ProviderStatus(name, "timeout", elapsed_ms=s.search_deadline_ms)
             elif (ex := outcome.error) is not None:
                 timed_out = isinstance(ex, ProviderTimeout | TaskTimeout)
-                status.update(
-                    status="timeout" if timed_out else "error",
+                status = ProviderStatus(
+                    name,
+                    "timeout" if timed_out else "error",
                     error=str(ex) if timed_out else describe(ex),
                     elapsed_ms=None,
                 )
             else:
-                status.update(
-                    status="ok",
-                    count=len(outcome.value),
-                    elapsed_ms=round(outcome.elapsed_s * 1000),
-                )
+                elapsed_ms = round(outcome.elapsed_s * 1000)
+                status = ProviderStatus(name, "ok", count=len(outcome.value), elapsed_ms=elapsed_ms)
                 found.append((name, outcome.value))
             statuses.append(status)
-        send_json(resp, {
-            "query": q,
-            "items": merge(found, limit),
-            "providers": statuses,
-            "elapsed_ms": round((time.perf_counter() - started) * 1000),
-        })  # fmt: skip
+        send_struct(resp, SearchAnswer(
+            query=q,
+            items=[SearchItem(**item) for item in merge(found, limit)],
+            providers=statuses,
+            elapsed_ms=round((time.perf_counter() - started) * 1000),
+        ))  # fmt: skip

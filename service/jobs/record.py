@@ -6,6 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
+from service.jobs.document import ItemCounts, JobDocument
 from service.jobs.state import JobState
 
 
@@ -38,26 +41,24 @@ class JobRecord:
     def replace(self, **changes: Any) -> JobRecord:
         return dataclasses.replace(self, **changes)
 
-    def document(self) -> dict[str, Any]:
-        """The JSON document ``GET /v1/jobs/{id}`` answers with."""
-        doc: dict[str, Any] = {
-            "id": self.id,
-            "job": self.name,
-            "state": self.state.value,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "attempts": self.attempts,
-            "error": self.error,
-        }
-        if self.items is not None:
-            doc["items"] = {"total": len(self.items), "done": self.done, "failed": self.failed}
-        return doc
+    def document(self) -> JobDocument:
+        """The document ``GET /v1/jobs/{id}`` answers with."""
+        return JobDocument(
+            id=self.id,
+            job=self.name,
+            state=self.state,
+            created_at=_iso(self.created_at),
+            started_at=None if self.started_at is None else _iso(self.started_at),
+            finished_at=None if self.finished_at is None else _iso(self.finished_at),
+            attempts=self.attempts,
+            error=self.error,
+            items=msgspec.UNSET
+            if self.items is None
+            else ItemCounts(total=len(self.items), done=self.done, failed=self.failed),
+        )
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
+def _iso(ts: float) -> str:
     import datetime as dt
 
     return (
