@@ -87,7 +87,11 @@ def process_image(data: bytes, request: dict[str, Any], *, max_pixels: int) -> d
         }
 
 
-@job("image", pool="cpu", timeout=60)
+#: As declared; the app applies ``JOBPOOL_IMAGE_TIMEOUT_S`` to its own copy of the registry.
+IMAGE_TIMEOUT_S = 60.0
+
+
+@job("image", pool="cpu", timeout=IMAGE_TIMEOUT_S)
 def image_job(data: bytes, request: dict[str, Any], max_pixels: int) -> dict[str, Any]:
     """The ``image`` job (cpu pool): ``process_image`` with the submit-time limits."""
     return process_image(data, request, max_pixels=max_pixels)
