@@ -2,7 +2,7 @@
 
     python -m bench.ingest [--peers floor,floor-uvicorn,fastapi,celery] [--rounds 3]
                            [--duration 10] [--threads 1] [--connections 32]
-                           [--redis] [--stages]
+                           [--redis] [--stages] [--compare REF]
 
 Starts each server (by default 2 workers on this 2-vCPU host: one per vCPU, as jobpool
 does), drives it with wrk posting the seed's 9-item batch with an API key (jobpool runs
@@ -29,6 +29,9 @@ accept (:mod:`bench.stages`), to show what each stage of the request path costs.
 redis-server (loopback, a temp dir, append-only file fsynced every second, as a fleet
 should run it) is started when a row needs it, and emptied before each such row.
 
+``--compare REF`` (repeatable) adds jobpool at another git revision as ``jobpool@REF``,
+from a worktree removed after the run, so that before/after figures come from one run.
+
 Benchmarks: this host has 2 vCPUs shared with other work, so compare rows within one run,
 over several rounds, never figures across runs; the issue's table used ``-t1 -c32``.
 """
@@ -49,6 +52,7 @@ from pathlib import Path
 import psutil
 
 from bench import redis_server
+from bench.checkout import checkout
 from bench.client import BenchClient
 from bench.contenders import DEFAULT_PEERS, PEERS, Contender, Running, jobpool, missing, running
 from bench.server import free_port, server_env
@@ -151,6 +155,8 @@ def lineup(args: argparse.Namespace, stack: ExitStack) -> list[Contender]:
     rows.append(jobpool())
     if args.redis:
         rows.append(jobpool("jp-redis", stores="Redis AOF", redis=True))
+    for ref in args.compare:
+        rows.append(jobpool(f"jobpool@{ref}", root=stack.enter_context(checkout(ref))))
     return rows
 
 
@@ -225,6 +231,10 @@ def main() -> None:
     ap.add_argument(
         "--stages", action="store_true",
         help="also run jobpool stopped after validation and after the durable accept",
+    )  # fmt: skip
+    ap.add_argument(
+        "--compare", action="append", default=[], metavar="REF",
+        help="also run jobpool at git revision REF, as jobpool@REF (repeatable)",
     )  # fmt: skip
     args = ap.parse_args()
     bench = BenchClient()
