@@ -23,4 +23,5 @@ check: lint test
 	bash deploy/check.sh
 
 bench: $(VENV)
+	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) -m bench.ingest

@@ -1,0 +1,11 @@
+"""Benchmarks: jobpool against what a Python user would write instead, on this host.
+
+``python -m bench.ingest`` is the one to start with: jobpool and its peers under wrk, the
+seed's 9-item batch, rounds alternated, medians (:mod:`bench.contenders` says what each
+peer does and does not do; their packages come with ``pip install -e '.[bench]'``).
+``bench.app_cost`` measures the app's CPU per request without HTTP, ``bench.cpu_scaling``
+the cpu pool against one process, ``bench.chaos`` that no accepted job is lost while
+workers are killed. ``--compare REF`` (ingest, app_cost) runs another git revision's
+jobpool in the same run. The host has 2 vCPUs shared with other work: compare figures
+within one run, over several rounds, never across runs.
+"""

@@ -1,8 +1,10 @@
 """The framework floor: a bare Falcon ASGI app that decodes the seed batch and queues the
-items in memory (a bounded deque), answering 202. No validation, no store, no pools.
+items in memory (a bounded deque), answering 202. No validation, no auth, no store, no
+pools: a worker that stops loses its queue.
 
 Run under the same gunicorn settings as jobpool: ``gunicorn -c gunicorn.conf.py
-bench.floor_app:app``.
+bench.floor_app:app`` (the ``floor`` peer), or with uvicorn's worker class, ``gunicorn -c
+python:bench.gunicorn_uvicorn bench.floor_app:app`` (``floor-uvicorn``).
 """
 
 from __future__ import annotations

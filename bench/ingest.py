@@ -1,22 +1,39 @@
-"""Seed-batch ingest benchmark: the framework floor and jobpool, in one run, same load.
+"""Seed-batch ingest benchmark: jobpool and its peers, in one run, under the same load.
 
-    python -m bench.ingest [--duration 10] [--connections 32] [--rounds 2] [--redis]
+    python -m bench.ingest [--peers floor,floor-uvicorn,fastapi,celery] [--rounds 3]
+                           [--duration 10] [--threads 1] [--connections 32]
+                           [--redis] [--stages] [--compare REF]
 
-Starts each server with gunicorn.conf.py (same worker class, loop, worker count), drives it
-with wrk posting the seed's 9-item batch with an API key (jobpool runs with auth on and its
-client limits on, set too high to refuse anything, so their cost is in the figures), and
-prints requests/s, p50/p99 latency, errors and
-server CPU microseconds per request (the server's whole process tree, from psutil), plus
-jobpool's ratio to the floor. Rounds alternate floor/jobpool so drift on this shared
-machine hits both alike.
+Starts each server (by default 2 workers on this 2-vCPU host: one per vCPU, as jobpool
+does), drives it with wrk posting the seed's 9-item batch with an API key (jobpool runs
+with auth on and its client limits on, set too high to refuse anything, so their cost is
+in the figures; the peers ignore the key), and prints for each: req/s; 2xx/s (jobpool's
+202s; any 2xx of a peer, though all answer 202); p50/p99 latency; non-2xx (other answers
+and socket errors); server CPU microseconds per request (its whole process tree, and a
+peer's task worker and Redis too); the backlog a durable peer left queued when the load
+stopped; and jobpool/x, jobpool's 2xx/s over the row's. Medians over the rounds come
+first, then each round's figures; each round runs every server once, in reverse order
+every other round, so drift on this shared machine hits all alike.
+
+Peers (``--peers``, comma-separated, ``all`` or ``none``; see :mod:`bench.contenders`):
+``floor`` and ``floor-uvicorn`` (the bare Falcon app under gunicorn's asgi worker and
+under uvicorn's), ``fastapi`` (pydantic model, async background tasks, stores nothing),
+and the durable ``celery``, ``celery-batch`` and ``rq`` (one task per item, or per batch,
+on a local Redis, one worker process). A durable peer's CPU also covers running its
+backlog, for up to ``--drain-s`` after the load; a figure marked ``+`` had work left.
 
 ``--stages`` adds jobpool stopped short after validating the batch and after its durable
 accept (:mod:`bench.stages`), to show what each stage of the request path costs.
 
-``--redis`` adds jobpool with the fleet store (``JOBPOOL_STORE_URL=redis://…``) to each
-round: a redis-server of its own (loopback, a temp dir, append-only file fsynced every
-second, as a fleet should run it), emptied before each round. Its CPU is counted with the
-server's, since on one host the two share the cores.
+``--redis`` adds jobpool with the fleet store (``JOBPOOL_STORE_URL=redis://…``). The run's
+redis-server (loopback, a temp dir, append-only file fsynced every second, as a fleet
+should run it) is started when a row needs it, and emptied before each such row.
+
+``--compare REF`` (repeatable) adds jobpool at another git revision as ``jobpool@REF``,
+from a worktree removed after the run, so that before/after figures come from one run.
+
+Benchmarks: this host has 2 vCPUs shared with other work, so compare rows within one run,
+over several rounds, never figures across runs; the issue's table used ``-t1 -c32``.
 """
 
 from __future__ import annotations
@@ -24,35 +41,40 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import socket
+import statistics
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from bench import server
+from bench import redis_server
+from bench.checkout import checkout
 from bench.client import BenchClient
-from bench.server import server_env
+from bench.contenders import DEFAULT_PEERS, PEERS, Contender, Running, jobpool, missing, running
+from bench.server import free_port, server_env
 
-ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("seed_batch.lua")
-#: jobpool stopped short (--stages): name -> the app gunicorn loads.
-STAGES = {"validated": "bench.stages:validated()", "accepted": "bench.stages:accepted()"}
 
 
 @dataclass
 class Result:
     name: str
     rps: float
-    accepted_rps: float
+    #: requests/s answered as done: 202 for jobpool, any 2xx for a peer.
+    ok_rps: float
     p50_ms: float
     p99_ms: float
-    errors: int
+    #: answers that were not done, and socket errors.
+    not_ok: int
     cpu_us_per_req: float
+    #: tasks still queued when the load stopped (durable peers), and whether they all ran
+    #: before the CPU was read.
+    backlog: int
+    drained: bool
 
 
 def tree_cpu(pid: int) -> float:
@@ -72,90 +94,132 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("--redis needs redis-server (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if redis_command(port, "PING") == "+PONG":
-            return proc, port
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
-def redis_command(port: int, *args: str) -> str:
-    payload = f"*{len(args)}\r\n".encode()
-    for arg in args:
-        payload += b"$%d\r\n%s\r\n" % (len(arg), arg.encode())
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(payload)
-            return s.recv(4096).split(b"\r\n", 1)[0].decode()
-    except OSError:
-        return ""
-
-
 def drive(
-    name: str,
-    proc: subprocess.Popen[bytes],
-    port: int,
-    args: argparse.Namespace,
-    key: str,
-    extra_pids: tuple[int, ...] = (),
+    contender: Contender, serving: Running, port: int, args: argparse.Namespace, key: str
 ) -> Result:
-    before = tree_cpu(proc.pid) + sum(tree_cpu(p) for p in extra_pids)
+    def cpu() -> float:
+        return sum(tree_cpu(pid) for pid in serving.pids)
+
+    before = cpu()
     out = subprocess.run(
         ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
          "-s", str(LUA), f"http://127.0.0.1:{port}/v1/parcels"],
         capture_output=True, text=True, check=True,
         env={**os.environ, "JOBPOOL_BENCH_KEY": key},  # seed_batch.lua sends it
     ).stdout  # fmt: skip
+    backlog = serving.backlog()
+    deadline = time.monotonic() + args.drain_s
+    while (left := serving.backlog()) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
     time.sleep(0.5)  # let the last jobs of the run finish: their CPU belongs to the run
-    cpu = tree_cpu(proc.pid) + sum(tree_cpu(p) for p in extra_pids) - before
+    spent = cpu() - before
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    statuses = dict(
-        (int(s), int(n))
-        for s, n in re.findall(r"(\d+)=(\d+)", out.split("STATUS", 1)[1].split("\n")[0])
-    )
+    statuses = {
+        k: int(n) for k, n in re.findall(r"(\w+)=(\d+)", out.split("STATUS", 1)[1].split("\n")[0])
+    }
     lat = re.search(r"LAT p50=(\d+) p99=(\d+)", out)
     socket_errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    accepted = statuses.get(202, 0)
-    errors = total - accepted + socket_errors
+    done = statuses["202"] + (0 if contender.jobpool else statuses["other2xx"])
     return Result(
-        name=name,
+        name=contender.name,
         rps=rps,
-        accepted_rps=rps * accepted / total if total else 0.0,
+        ok_rps=rps * done / total if total else 0.0,
         p50_ms=int(lat.group(1)) / 1000 if lat else 0.0,
         p99_ms=int(lat.group(2)) / 1000 if lat else 0.0,
-        errors=errors,
-        cpu_us_per_req=cpu / total * 1e6 if total else 0.0,
+        not_ok=total - done + socket_errors,
+        cpu_us_per_req=spent / total * 1e6 if total else 0.0,
+        backlog=backlog,
+        drained=left <= 0,
     )
+
+
+def lineup(args: argparse.Namespace, stack: ExitStack) -> list[Contender]:
+    """The rows of this run, in the order of its first round."""
+    names = (
+        list(PEERS) if args.peers == "all"
+        else [] if args.peers == "none"
+        else [n.strip() for n in args.peers.split(",") if n.strip()]
+    )  # fmt: skip
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise SystemExit(f"--peers: unknown {unknown}; known: {', '.join(PEERS)}, all, none")
+    rows = [PEERS[n] for n in names]
+    if args.stages:
+        rows += [
+            jobpool("validated", app="bench.stages:validated()", stores="nothing"),
+            jobpool("accepted", app="bench.stages:accepted()", stores="SQLite (job row)"),
+        ]
+    if lacking := missing(rows):
+        raise SystemExit(f"these peers need {', '.join(lacking)}: pip install -e '.[bench]'")
+    rows.append(jobpool())
+    if args.redis:
+        rows.append(jobpool("jp-redis", stores="Redis AOF", redis=True))
+    for ref in args.compare:
+        rows.append(jobpool(f"jobpool@{ref}", root=stack.enter_context(checkout(ref))))
+    return rows
+
+
+def ratio(base: Result, row: Result) -> float:
+    """jobpool's done requests/s over a row's, in the same round."""
+    return base.ok_rps / row.ok_rps if row.ok_rps else 0.0
+
+
+def print_table(args: argparse.Namespace, results: dict[str, list[Result]]) -> None:
+    width = max(10, *(len(name) + 2 for name in results))
+    stores = {c.name: c.stores for c in args.rows}
+    base = results["jobpool"]
+    queued = {c.name for c in args.rows if c.queue}
+    print(
+        f"seed batch, {args.workers} workers, wrk -t{args.threads} -c{args.connections} "
+        f"-d{args.duration}s, {args.rounds} round(s): medians "
+        "(jobpool/x: jobpool's 2xx/s over the row's, median of the rounds' ratios)"
+    )
+    print(f"{'server':<{width}}{'req/s':>8}{'2xx/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+          f"{'non-2xx':>8}{'CPU us/req':>11}{'backlog':>9}{'jobpool/x':>10}  stores")  # fmt: skip
+    for name, rs in results.items():
+
+        def med(field: str, rs: list[Result] = rs) -> float:
+            return statistics.median(getattr(r, field) for r in rs)
+
+        cpu = f"{med('cpu_us_per_req'):.0f}{'' if all(r.drained for r in rs) else '+'}"
+        backlog = f"{med('backlog'):.0f}" if name in queued else "-"
+        jp = statistics.median(ratio(b, r) for b, r in zip(base, rs, strict=True))
+        print(
+            f"{name:<{width}}{med('rps'):>8.0f}{med('ok_rps'):>8.0f}{med('p50_ms'):>8.2f}"
+            f"{med('p99_ms'):>8.2f}{med('not_ok'):>8.0f}{cpu:>11}{backlog:>9}"
+            f"{jp:>9.2f}x  {stores[name]}"
+        )
+    print("each round: 2xx/s @ CPU us/req (jobpool/x)")
+    for name, rs in results.items():
+        cells = [
+            f"{r.ok_rps:.0f} @ {r.cpu_us_per_req:.0f}{'' if r.drained else '+'}"
+            f" ({ratio(b, r):.2f}x)"
+            for b, r in zip(base, rs, strict=True)
+        ]
+        print(f"  {name:<{width}}" + "   ".join(cells))
+    if not all(r.drained for rs in results.values() for r in rs):
+        print(f"+: tasks were still queued {args.drain_s:.0f} s after the load; CPU undercounted")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of load per server")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="wrk's threads")
     ap.add_argument("--workers", type=int, default=psutil.cpu_count() or 1)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--port", type=int, default=18500)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--port", type=int, default=0, help="the servers' port (default: a free one each time)"
+    )
+    ap.add_argument(
+        "--peers", default=",".join(DEFAULT_PEERS),
+        help=f"comma-separated, 'all' or 'none'; of: {', '.join(PEERS)}",
+    )  # fmt: skip
+    ap.add_argument(
+        "--drain-s", type=float, default=30,
+        help="seconds a durable peer gets to run its backlog after the load (CPU counted)",
+    )  # fmt: skip
     ap.add_argument(
         "--jobpool-env", action="append", default=[], metavar="NAME=VALUE",
         help="extra environment for the jobpool servers (repeatable)",
@@ -168,68 +232,30 @@ def main() -> None:
         "--stages", action="store_true",
         help="also run jobpool stopped after validation and after the durable accept",
     )  # fmt: skip
+    ap.add_argument(
+        "--compare", action="append", default=[], metavar="REF",
+        help="also run jobpool at git revision REF, as jobpool@REF (repeatable)",
+    )  # fmt: skip
     args = ap.parse_args()
-    servers = [("floor", "bench.floor_app:app")]
-    if args.stages:
-        servers += [
-            ("validated", "bench.stages:validated()"),
-            ("accepted", "bench.stages:accepted()"),
-        ]
-    servers.append(("jobpool", "service.asgi:app"))
-    if args.redis:
-        servers.append(("jp-redis", "service.asgi:app"))
-    results: dict[str, list[Result]] = {name: [] for name, _ in servers}
     bench = BenchClient()
-    with tempfile.TemporaryDirectory(prefix="jobpool-bench-") as tmp:
-        redis: tuple[subprocess.Popen[bytes], int] | None = None
-        if args.redis:
-            redis = start_redis(Path(tmp))
-        try:
-            for r in range(args.rounds):
-                for name, app in servers:
-                    # The floor too gets the key: gunicorn.conf.py wants keys.
-                    env = server_env(Path(tmp) / f"{name}-{r}", bench.env)
-                    extra: tuple[int, ...] = ()
-                    if name != "floor":
-                        env.update(kv.split("=", 1) for kv in args.jobpool_env)
-                    if name == "jp-redis" and redis is not None:
-                        redis_command(redis[1], "FLUSHALL")
-                        env["JOBPOOL_STORE_URL"] = f"redis://127.0.0.1:{redis[1]}/0"
-                        extra = (redis[0].pid,)
-                    proc = server.start(args.port, env, app=app, workers=args.workers, settle_s=1.0)
-                    try:
-                        results[name].append(drive(name, proc, args.port, args, bench.key, extra))
-                    finally:
-                        server.stop(proc)
-        finally:
-            if redis is not None:
-                redis[0].terminate()
-                redis[0].wait(30)
-    print(
-        f"seed batch, {args.workers} workers, wrk -t{args.threads} -c{args.connections} "
-        f"-d{args.duration}s, {args.rounds} round(s), best round shown"
-    )
-    print(f"{'server':<10}{'req/s':>10}{'202/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>9}"
-          f"{'CPU us/req':>12}")  # fmt: skip
-    best = {name: max(rs, key=lambda x: x.accepted_rps) for name, rs in results.items()}
-    for res in best.values():
-        print(f"{res.name:<10}{res.rps:>10.0f}{res.accepted_rps:>10.0f}{res.p50_ms:>9.2f}"
-              f"{res.p99_ms:>9.2f}{res.errors:>9}{res.cpu_us_per_req:>12.0f}")  # fmt: skip
-    for name in results:
-        if name != "floor":
-            ratio = best[name].accepted_rps / best["floor"].accepted_rps
-            target = "" if name in STAGES else "   (target >= 0.70x)"
-            print(f"{name} / floor (accepted req/s): {ratio:.2f}x{target}")
-    for name, rs in results.items():
-        rounds = ", ".join(f"{x.accepted_rps:.0f} @ {x.cpu_us_per_req:.0f}" for x in rs)
-        print(f"  {name} rounds (202/s @ CPU us/req): {rounds}")
-    # Each round runs the servers back to back: its ratio is the one least bent by the load
-    # others put on a shared machine.
-    for name, rs in results.items():
-        if name != "floor":
-            pairs = zip(rs, results["floor"], strict=True)
-            ratios = [x.accepted_rps / f.accepted_rps for x, f in pairs if f.accepted_rps]
-            print(f"  {name} / floor by round: " + ", ".join(f"{r:.2f}x" for r in ratios))
+    with ExitStack() as stack:
+        args.rows = lineup(args, stack)
+        results: dict[str, list[Result]] = {c.name: [] for c in args.rows}
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jobpool-bench-")))
+        redis = None
+        if any(c.redis for c in args.rows):
+            redis = redis_server.start(tmp)
+            stack.callback(redis_server.stop, redis[0])
+        for r in range(args.rounds):
+            for c in args.rows if r % 2 == 0 else reversed(args.rows):
+                env = server_env(tmp / f"{c.name}-{r}", bench.env, root=c.root)
+                if c.jobpool:
+                    env.update(kv.split("=", 1) for kv in args.jobpool_env)
+                # A free port each time: other benchmarks may run on this host too.
+                port = args.port or free_port()
+                with running(c, port, env, workers=args.workers, redis=redis) as serving:
+                    results[c.name].append(drive(c, serving, port, args, bench.key))
+    print_table(args, results)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 wrk.method = "POST"
 wrk.path = "/v1/parcels"
 wrk.headers["Content-Type"] = "application/json"
--- bench/ingest.py hands over the API key it configured (the floor ignores it).
+-- bench/ingest.py hands over the API key it configured (the peers ignore it).
 local key = os.getenv("JOBPOOL_BENCH_KEY")
 if key and key ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. key
@@ -19,8 +19,8 @@ wrk.body = [[{"Data":[
 {"id":"9","time":"2017-01-01T00:00:09Z","data":"yz0"}
 ]}]]
 
--- Count 202s, 503s and the rest per thread; done() sums them so the runner can tell
--- accepted work from refused work.
+-- Count 202s, other 2xx (the peers), 503s and the rest per thread; done() sums them so
+-- the runner can tell accepted work from refused work.
 local threads = {}
 
 function setup(thread)
@@ -28,12 +28,14 @@ function setup(thread)
 end
 
 function init(args)
-  accepted, refused, other = 0, 0, 0
+  accepted, ok, refused, other = 0, 0, 0, 0
 end
 
 function response(status, headers, body)
   if status == 202 then
     accepted = accepted + 1
+  elseif status >= 200 and status < 300 then
+    ok = ok + 1
   elseif status == 503 then
     refused = refused + 1
   else
@@ -42,12 +44,13 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local a, r, o = 0, 0, 0
+  local a, k, r, o = 0, 0, 0, 0
   for _, t in ipairs(threads) do
     a = a + t:get("accepted")
+    k = k + t:get("ok")
     r = r + t:get("refused")
     o = o + t:get("other")
   end
-  io.write(string.format("STATUS 202=%d 503=%d 0=%d\n", a, r, o))
+  io.write(string.format("STATUS 202=%d other2xx=%d 503=%d other=%d\n", a, k, r, o))
   io.write(string.format("LAT p50=%d p99=%d\n", latency:percentile(50), latency:percentile(99)))
 end
