@@ -22,7 +22,7 @@ from service.api.middleware import Lifecycle, RequestId, Telemetry
 from service.api.openapi import OpenApiResource, document
 from service.api.parcels import ParcelResource, ParcelsResource
 from service.api.search import SearchResource
-from service.client_limits import for_store
+from service.clients.limits import for_store
 from service.config import Settings, port_of
 from service.errors import ShuttingDown
 from service.jobs.cpu_pool import CpuPool

@@ -54,13 +54,13 @@ PULL_RETRY_S = 1.0
 
 
 class Quota(Protocol):
-    """Jobs in flight per owner (a cap may refuse one); see :mod:`service.client_limits`.
+    """Jobs in flight per owner (a cap may refuse one); see :mod:`service.clients.limits`.
 
-    On one host (:class:`service.limits.HostLimits`) a job counts on the worker that holds
+    On one host (:class:`service.clients.host.HostLimits`) a job counts on the worker that holds
     it: from its submit (or resume) until it ends there. With a fleet's shared store the
     store counts them itself, in the steps that change a job's state, queued ones
     included, and its ``add`` refuses a job over the cap (TooManyJobs); these hooks do
-    nothing then (:class:`service.fleet_limits.FleetLimits`).
+    nothing then (:class:`service.clients.fleet.FleetLimits`).
     """
 
     def acquire(self, owner: str) -> None:

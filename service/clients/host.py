@@ -1,8 +1,8 @@
 """Per-client fair limits, the same for every gunicorn worker of a host.
 
 This is what a host with the SQLite store applies; with the Redis store the same limits
-hold across the fleet instead (:mod:`service.fleet_limits`, picked by
-:func:`service.client_limits.for_store`).
+hold across the fleet instead (:mod:`service.clients.fleet`, picked by
+:func:`service.clients.limits.for_store`).
 
 Two limits, each switched off by 0:
 
@@ -294,7 +294,7 @@ class HostLimits:
     async def take(self, client: str) -> None:
         """Take one request token of ``client``; :class:`RateLimited` when there is none.
 
-        A coroutine only to share :class:`~service.client_limits.ClientLimits` with the
+        A coroutine only to share :class:`~service.clients.limits.ClientLimits` with the
         fleet's limits: it never waits."""
         if self.rate <= 0 or self._map is None:
             return

@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
+from service.clients.fleet import FleetLimits
+from service.clients.host import LEASE_S
 from service.errors import RateLimited, StoreUnavailable
-from service.fleet_limits import FleetLimits
 from service.jobs.redis_store import RedisStore
-from service.limits import LEASE_S
 from tests.redis_server import RedisServer
+from tests.test_clients_host import take_until_each_refuses
 from tests.test_redis_store import make
-from tests.test_security_units import Clock, take_until_each_refuses
+from tests.test_security_units import Clock
 
 
 class Fleet:

@@ -1,8 +1,8 @@
 """The per-client limits of one worker: one interface, kept where the job store is.
 
-- SQLite store (one host): :class:`service.limits.HostLimits`, a table every worker of the
+- SQLite store (one host): :class:`service.clients.host.HostLimits`, a table every worker of the
   host maps; the limits hold host-wide.
-- Redis store (a fleet): :class:`service.fleet_limits.FleetLimits`, kept in that Redis; the
+- Redis store (a fleet): :class:`service.clients.fleet.FleetLimits`, kept in that Redis; the
   limits hold fleet-wide.
 
 The security middleware takes request tokens with :meth:`ClientLimits.take`; the job layer
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from service.clients.fleet import FleetLimits
+from service.clients.host import HostLimits
 from service.config import Settings
-from service.fleet_limits import FleetLimits
 from service.jobs.redis_store import RedisStore
 from service.jobs.store import Store
-from service.limits import HostLimits
 
 
 class ClientLimits(Protocol):

@@ -1,14 +1,14 @@
 """Per-client limits kept in the fleet's Redis, so that they hold across every host.
 
 With the Redis store (``JOBPOOL_STORE_URL=redis://…``) several hosts serve one client
-behind a load balancer; limits each host kept on its own (:mod:`service.limits`) would give
+behind a load balancer; limits each host kept on its own (:mod:`service.clients.host`) would give
 the client N times its share. Here both limits live in the Redis the hosts share:
 
 * **rate** (``JOBPOOL_CLIENT_RATE``, ``JOBPOOL_CLIENT_BURST``): one token bucket per
   client, the hash ``jobpool:bucket:<client>`` (tokens, stamp), refilled and taken by one
   script (:data:`TAKE`) on Redis's own clock (``TIME``), so the hosts' clocks do not
   matter. A bucket idle long enough to be full again expires: an absent bucket is a full
-  one. As on one host (the same rule, :func:`service.limits.lease_size`), a worker takes
+  one. As on one host (the same rule, :func:`service.clients.host.lease_size`), a worker takes
   tokens in small leases, at most ``LEASE_S`` seconds' worth of the rate (and an eighth of
   the burst), at most half of what is left, at least one, and spends them locally for up to
   ``LEASE_S``; what a lease still holds after that goes back with the next refill. Tokens
@@ -51,9 +51,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.clients.host import LEASE_S, lease_size
 from service.errors import RateLimited
 from service.jobs.redis_store import RedisStore
-from service.limits import LEASE_S, lease_size
 
 #: Seconds a full bucket is kept past the time it takes to fill up.
 BUCKET_SLACK_S = 1.0
