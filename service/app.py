@@ -109,6 +109,9 @@ class Service:
         self._stopping: asyncio.Future[None] | None = None
 
     def _cpu_pool(self, slot: int) -> CpuPool:
+        # The layer asks for it once the store holds the worker's slot, before it resumes
+        # (and counts) unfinished jobs: the limits count in that slot from then on.
+        self.limits.open(slot)
         s = self.settings
         share = s.cpu_processes_for(slot)
         log.info("worker slot %d: %d cpu processes, up to %d", slot, share, s.cpu_workers)
@@ -122,7 +125,6 @@ class Service:
         )
 
     async def start(self) -> None:
-        self.limits.open()  # before the layer resumes (and counts) unfinished jobs
         await self.layer.start()
         if self.metrics is not None:
             await self.metrics.start()
