@@ -263,3 +263,30 @@ async def test_from_the_store_the_limits_count_in_the_shard_slot(
     assert two.inflight("alice") == 0
     await stores[1].close()
     two.close()
+
+
+def test_opening_probes_no_other_slot_and_the_first_client_at_its_cap_sweeps(
+    tmp_path: Path, slots: Slots
+) -> None:
+    """A worker's start asks after no other slot (its siblings are claiming theirs then);
+    the first acquire that meets the cap sweeps at once, and clears a dead slot's counts."""
+    clock = Clock()
+    dead = limits(tmp_path, slots, clock, max_inflight=2)
+    dead.acquire("alice")
+    dead.acquire("alice")
+    mine = slots.claim()
+    slots.let_go(dead.slot)  # killed: its counts stay in the table
+    asked: list[int] = []
+
+    def alive(slot: int) -> bool:
+        asked.append(slot)
+        return slots.alive(slot)
+
+    h = HostLimits(tmp_path / "limits", dead.settings, alive=alive, clock=clock)
+    h.open(mine)
+    assert asked == []
+    assert h.inflight("alice") == 2
+    h.acquire("alice")  # at the cap: the sweep finds the dead slot and clears it
+    assert asked == [dead.slot]
+    assert h.inflight("alice") == 1
+    h.close()

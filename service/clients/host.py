@@ -20,8 +20,8 @@ than the loads and stores themselves, so the common path takes no lock:
 Crash safety. The slot is the worker's own, claimed by the job store (a ``flock``ed file
 the kernel releases when its holder dies); this table is told its number at :meth:`open`
 and asks ``alive(slot)`` whether another slot's worker still holds it. A worker opening
-clears what a dead holder of its slot left; a sweep (at open, and whenever a client meets
-its cap) clears the slots whose worker is gone. So a SIGKILLed worker's jobs stop counting
+clears what a dead holder of its slot left; a sweep (when a client meets its cap, at once
+the first time) clears the slots whose worker is gone. So a SIGKILLed worker's jobs stop counting
 at once, and count again when its replacement resumes them. Each slot records which opening
 holds it, so a worker that closes after its replacement took the slot leaves the
 replacement's counts alone. A process killed while it holds the table's lock loses the lock
@@ -117,8 +117,8 @@ class HostLimits:
     # -- life cycle -------------------------------------------------------------------
 
     def open(self, slot: int) -> None:
-        """Map the table (making it if needed) and count in ``slot``, the worker's own:
-        cleared first of what a dead holder left, as are the slots of dead workers."""
+        """Map the table (making it if needed) and count in ``slot``, the worker's own,
+        cleared first of what a dead holder left."""
         if not self.settings.enabled or self._map is not None:
             return
         if not 0 <= slot < SLOTS:
@@ -152,7 +152,8 @@ class HostLimits:
                 IN_USE.pack_into(self._map, IN_USE_AT, slot + 1)
         finally:
             self._unlock()
-        self.sweep()
+        # No sweep here: its probes would take free slot locks for an instant just as this
+        # worker's siblings start and claim theirs. The first client at its cap sweeps.
 
     def close(self) -> None:
         """Give back what this worker leased, and what it counted unless its slot has a new
