@@ -22,7 +22,7 @@ from service.api.middleware import Lifecycle, RequestId, Telemetry
 from service.api.openapi import OpenApiResource, document
 from service.api.parcels import ParcelResource, ParcelsResource
 from service.api.search import SearchResource
-from service.client_limits import for_store
+from service.clients.limits import for_store
 from service.config import Settings, port_of
 from service.errors import ShuttingDown
 from service.jobs.cpu_pool import CpuPool
@@ -103,6 +103,9 @@ class Service:
             janitor_interval_s=s.janitor_interval_s,
             quota=self.limits,
             events=self.metrics,
+            # Once the store holds the worker's slot, before unfinished jobs are resumed
+            # (and counted): the limits count in that slot from then on.
+            slot_claimed=self.limits.open,
         )
         if self.metrics is not None:
             self.metrics.watch(self.layer.pool_stats)
@@ -125,7 +128,6 @@ class Service:
     async def start(self) -> None:
         # The drain starts at SIGTERM, not at the lifespan's end (see service/signals.py).
         self._unlisten = signals.on_terminate(self.begin_stop)
-        self.limits.open()  # before the layer resumes (and counts) unfinished jobs
         await self.layer.start()
         if self.metrics is not None:
             await self.metrics.start()

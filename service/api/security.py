@@ -16,7 +16,7 @@ In order, for every request:
    OPTIONS take no body.
 
 The per-client cap on jobs in flight is the job layer's (it knows when a job ends); see
-:mod:`service.client_limits`.
+:mod:`service.clients.limits`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import falcon.asgi
 
-from service.client_limits import ClientLimits
+from service.clients.limits import ClientLimits
 from service.config import Settings
 from service.errors import BadRequest, TooLarge, UriTooLong
 from service.keys import Keyring

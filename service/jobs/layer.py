@@ -71,8 +71,10 @@ class JobLayer:
         id_factory: Callable[[], str] = new_id,
         quota: Quota | None = None,
         events: ev.JobEvents | None = None,
+        slot_claimed: Callable[[int], None] = lambda slot: None,
     ) -> None:
         self.registry = registry
+        self._slot_claimed = slot_claimed
         self.store = store
         self.io = io_pool
         self.clock = clock
@@ -136,6 +138,7 @@ class JobLayer:
         await self.store.open()
         # The worker's slot on the host is known once the store is claimed; the cpu budget
         # of the host is shared out by slot.
+        self._slot_claimed(self.store.slot)
         self._cpu = self.runner.cpu = self._cpu_pool_factory(self.store.slot)
         self.lanes.lanes["cpu"] = Lane(self._cpu.processes)
         self._resume(await self.store.unfinished())

@@ -30,6 +30,25 @@ def claim_slot(directory: Path, pattern: str) -> tuple[int, int]:
         return slot, fd
 
 
+def is_held(path: Path) -> bool:
+    """Whether a live process holds the lock ``claim_slot`` takes on ``path``; never blocks.
+
+    The probe takes the free lock for an instant: a worker claiming that very slot then
+    takes the next one, as it would beside a janitor adopting the slot's shard.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock, if it took it
+    return False
+
+
 def host_id(directory: Path) -> str:
     """This host's id: made once (random), kept in ``directory``, the same after a restart.
 

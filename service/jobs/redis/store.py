@@ -23,7 +23,7 @@ store is the one place that sees every host's jobs, and the check and the write 
 step. Every ``RECOUNT_S`` one worker of the fleet counts them again from the streams, so
 a count that drifted (workers of an older version during a rolling upgrade) is made exact
 again. Other modules may run scripts of their own through the same pipeline
-(:meth:`RedisStore.define`, :meth:`RedisStore.script`): :mod:`service.fleet_limits` does.
+(:meth:`RedisStore.define`, :meth:`RedisStore.script`): :mod:`service.clients.fleet` does.
 """
 
 from __future__ import annotations

@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
+from service.clients.bucket import LEASE_S
+from service.clients.fleet import FleetLimits
+from service.clients.limits import LimitSettings
 from service.errors import RateLimited, StoreUnavailable
-from service.fleet_limits import FleetLimits
 from service.jobs.redis.store import RedisStore
-from service.limits import LEASE_S
 from tests.redis_server import RedisServer
+from tests.test_clients_host import take_until_each_refuses
 from tests.test_redis_store import make
-from tests.test_security_units import Clock, take_until_each_refuses
+from tests.test_security_units import Clock
 
 
 class Fleet:
@@ -34,9 +36,10 @@ class Fleet:
         self, host: str, *, rate: float = 0.0, burst: int = 1, **kw: Any
     ) -> FleetLimits:
         store = make(self.url, self.tmp_path, host)
-        limits = FleetLimits(store, rate=rate, burst=burst, max_inflight=0, **kw)
+        allowed = LimitSettings(rate=rate, burst=burst, max_inflight=0)
+        limits = FleetLimits(store, allowed, **kw)
         await store.open()
-        limits.open()
+        limits.open(store.slot)
         self.stores.append(store)
         return limits
 
@@ -66,7 +69,7 @@ async def test_hosts_draw_on_one_bucket_per_client(fleet: Fleet) -> None:
     """A burst of 4 at 0.01/s is the client's across hosts: 4 requests pass in all, then 429."""
     a = await fleet.worker("a", rate=0.01, burst=4)
     b = await fleet.worker("b", rate=0.01, burst=4)
-    assert a.lease_max == 1  # a small bucket is exact: one token at a time
+    assert a.bucket.lease_max == 1  # a small bucket is exact: one token at a time
     for limits in (a, b, a, b):
         await limits.take("alice")
     for limits in (a, b):
@@ -85,7 +88,7 @@ async def test_leases_never_admit_more_than_the_bucket_and_save_round_trips(
     rate, burst = 1000.0, 100
     a = await fleet.worker("a", rate=rate, burst=burst)
     b = await fleet.worker("b", rate=rate, burst=burst)
-    assert a.lease_max > 1
+    assert a.bucket.lease_max > 1
     calls_before = await script_calls(a.store)
     began = time.monotonic()
     admitted = await take_until_each_refuses("alice", a, b)
@@ -113,7 +116,7 @@ def holds(limits: FleetLimits) -> float:
 async def test_concurrent_requests_share_one_refill(fleet: Fleet) -> None:
     """Requests of a client that find no lease wait for the refill on its way."""
     a = await fleet.worker("a", rate=1000.0, burst=400, clock=Clock())
-    assert a.lease_max == 50
+    assert a.bucket.lease_max == 50
     calls_before = await script_calls(a.store)
     await asyncio.gather(*(a.take("alice") for _ in range(20)))
     assert await script_calls(a.store) - calls_before == 1
@@ -133,7 +136,7 @@ async def test_a_lease_is_topped_up_before_it_runs_out(fleet: Fleet) -> None:
         await settle(a)
     # Each top-up brings the lease back to 50 from under 25: 200 tokens, 4 to 9 round trips.
     assert 4 <= await script_calls(a.store) - calls_before <= 9
-    assert holds(a) <= a.lease_max
+    assert holds(a) <= a.bucket.lease_max
     clock.now += LEASE_S / 2  # half its time gone: topped up, and good for a lease again
     await a.take("alice")
     await settle(a)
@@ -175,7 +178,7 @@ async def test_redis_down_refuses_with_503_once_the_lease_is_spent(
     srv = redis_factory()
     fleet = Fleet(srv.url, tmp_path)
     a = await fleet.worker("a", rate=1000.0, burst=16, clock=Clock())
-    assert a.lease_max == 2
+    assert a.bucket.lease_max == 2
     await a.take("alice")  # leases 2 tokens, spends one
     srv.stop()
     await a.take("alice")  # the second, from the lease

@@ -1,44 +1,37 @@
-"""Per-client fair limits, the same for every gunicorn worker of a host.
+"""Per-client limits on one host, the same for every gunicorn worker of it.
 
 This is what a host with the SQLite store applies; with the Redis store the same limits
-hold across the fleet instead (:mod:`service.fleet_limits`, picked by
-:func:`service.client_limits.for_store`).
-
-Two limits, each switched off by 0:
-
-* **rate** (``JOBPOOL_CLIENT_RATE`` requests/s, ``JOBPOOL_CLIENT_BURST``): a token bucket
-  per client; every authenticated request takes a token.
-* **jobs in flight** (``JOBPOOL_CLIENT_MAX_INFLIGHT``): jobs of a client queued or running
-  in any worker of the host; a submit over the cap is refused.
+hold across the fleet instead (:mod:`service.clients.fleet`, picked by
+:func:`service.clients.limits.for_store`).
 
 Where the state lives: a small table in ``JOBPOOL_STATE_DIR/limits/``, mapped into every
 worker with ``mmap``. Measured on the real server (bench.ingest, 2 workers, 2 vCPUs), an
 ``flock`` around every request's change cost 40-90 us of server CPU per request, far more
 than the loads and stores themselves, so the common path takes no lock:
 
-* Jobs in flight are counted per worker *slot* and client, and each cell has one writer:
-  the worker holding the slot. A submit sums the client's cells over the slots in use and
-  adds one to its own. Two submits racing on two workers at the cap can both pass, so the
-  cap may be overshot by at most (workers - 1) jobs for an instant; never by more.
-* Tokens are taken from the shared bucket (under an ``flock``) in small leases: at most
-  ``LEASE_S`` seconds' worth of the rate, at most half of what is left, at least one; the
-  worker spends a lease locally and gives back what is left of it at its next refill. With
-  a small rate or burst a lease is one token, so the bucket is exact; with the defaults a
-  worker locks about once in 50 requests of a client. Nothing is ever taken twice, so the
-  host never admits more than the bucket holds.
+* Jobs in flight are counted per worker slot and client, and each cell has one writer: the
+  worker holding the slot. A submit sums the client's cells over the slots in use and adds
+  one to its own. Two submits racing on two workers at the cap can both pass, so the cap
+  may be overshot by at most (workers - 1) jobs for an instant; never by more.
+* Tokens are taken from the shared bucket (under an ``flock``) in leases
+  (:mod:`service.clients.bucket`); with the defaults a worker locks about once in 50
+  requests of a client.
 
-Crash safety: a process killed while it holds the lock loses the lock with it (the kernel
-drops ``flock`` locks with the process). Each worker holds its slot (``slot-N.lock``,
-``flock``) for its life; whoever takes a dead worker's slot, or finds its lock free (a
-sweep at start and whenever a client meets its cap), clears that slot's counts. So a
-SIGKILLed worker's jobs stop counting at once, and count again when its replacement
-resumes them.
+Crash safety. The slot is the worker's own, claimed by the job store (a ``flock``ed file
+the kernel releases when its holder dies); this table is told its number at :meth:`open`
+and asks ``alive(slot)`` whether another slot's worker still holds it. A worker opening
+clears what a dead holder of its slot left; a sweep (when a client meets its cap, at once
+the first time) clears the slots whose worker is gone. So a SIGKILLed worker's jobs stop counting
+at once, and count again when its replacement resumes them. Each slot records which opening
+holds it, so a worker that closes after its replacement took the slot leaves the
+replacement's counts alone. A process killed while it holds the table's lock loses the lock
+with it.
 
-The table (little-endian): a 4 KiB header (magic, sizes, slots in use so far, one "in use"
-byte per slot), then ``CAPACITY`` client entries ``(name hash u64, tokens f64, stamp f64)``
-found by open addressing on the hash of the client's name, then the per-slot counts
-(``SLOTS`` x ``CAPACITY`` i32, a sparse region). Times are ``CLOCK_MONOTONIC``, which is
-one clock for every process of the host.
+The table (little-endian): a 4 KiB header (magic, sizes, slots in use so far, the holder of
+each slot: a random u32 per opening, 0 for none), then ``CAPACITY`` client entries ``(name
+hash u64, tokens f64, stamp f64)`` found by open addressing on the hash of the client's
+name, then the per-slot counts (``SLOTS`` x ``CAPACITY`` i32, a sparse region). Times are
+``CLOCK_MONOTONIC``, one clock for every process of the host.
 """
 
 from __future__ import annotations
@@ -49,27 +42,33 @@ import logging
 import math
 import mmap
 import os
+import secrets
 import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from service.clients.bucket import Bucket, Lease
 from service.errors import RateLimited, StoreUnavailable, TooManyJobs
+
+if TYPE_CHECKING:
+    from service.clients.limits import LimitSettings
 
 log = logging.getLogger(__name__)
 
 #: Clients the table holds; past that, new clients are not limited (logged once).
 CAPACITY = 2048
-#: Worker processes that can hold a slot at once (old and new workers during a reload).
+#: Worker slots the table counts for (old and new workers during a reload).
 SLOTS = 512
-#: Longest a worker spends leased tokens: the bucket's timing is this coarse at most.
-LEASE_S = 0.05
 HEADER_SIZE = 4096
-MAGIC = b"JPLIMIT2"
+MAGIC = b"JPLIMIT3"
 HEADER = struct.Struct("<8sII")
 IN_USE = struct.Struct("<I")  # slots 0..n-1 may hold counts
 IN_USE_AT = 16
-ACTIVE_AT = 64
+HOLDER = struct.Struct("<I")
+HOLDERS = struct.Struct(f"<{SLOTS}I")
+HOLDERS_AT = 64
 ENTRY = struct.Struct("<Qdd")
 BUCKET = struct.Struct("<dd")
 KEY = struct.Struct("<Q")
@@ -78,15 +77,9 @@ ENTRIES_AT = HEADER_SIZE
 SLOTS_AT = ENTRIES_AT + CAPACITY * ENTRY.size
 SLOT_BYTES = CAPACITY * COUNT.size
 SIZE = SLOTS_AT + SLOTS * SLOT_BYTES
-TABLE = "table-v2.bin"
+TABLE = "table-v3.bin"
 #: Least seconds between two sweeps for dead workers' counts triggered by a refusal.
 SWEEP_EVERY_S = 1.0
-
-
-def lease_size(rate: float, burst: float) -> int:
-    """Most tokens one lease takes: ``LEASE_S`` seconds' worth of the rate and an eighth of
-    the burst at most, one at least (a small rate or burst: one token, an exact bucket)."""
-    return max(1, int(min(rate * LEASE_S, burst / 8)))
 
 
 def name_hash(client: str) -> int:
@@ -96,43 +89,41 @@ def name_hash(client: str) -> int:
 
 
 class HostLimits:
-    """The host-wide limits of one worker process; :meth:`open` it in the worker."""
+    """The host-wide limits of one worker process; :meth:`open` it with the worker's slot."""
 
     def __init__(
         self,
         directory: Path,
+        settings: LimitSettings,
         *,
-        rate: float,
-        burst: int,
-        max_inflight: int,
+        alive: Callable[[int], bool],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory = directory
-        self.rate = rate
-        self.burst = float(max(1, burst))
-        self.max_inflight = max_inflight
+        self.settings = settings
+        self.bucket = Bucket(settings.rate, settings.burst)
+        #: Whether the worker of a slot (not this one's) is alive: it holds the slot's lock.
+        self.alive = alive
         self.clock = clock
-        #: Most tokens one lease takes.
-        self.lease_max = lease_size(rate, self.burst)
         self.slot = -1
+        self._holder = 0
         self._fd = -1
-        self._slot_fd = -1
         self._map: mmap.mmap | None = None
         self._index: dict[str, int | None] = {}
-        self._leases: dict[int, list[float]] = {}  # entry -> [tokens left, good until]
+        self._leases: dict[int, Lease] = {}  # by entry
         self._last_sweep = -math.inf
         self._warned_full = False
 
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0 or self.max_inflight > 0
-
     # -- life cycle -------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Map the table (making it if needed), claim a slot, clear what dead slots held."""
-        if not self.enabled or self._map is not None:
+    def open(self, slot: int) -> None:
+        """Map the table (making it if needed) and count in ``slot``, the worker's own,
+        cleared first of what a dead holder left."""
+        if not self.settings.enabled or self._map is not None:
             return
+        if not 0 <= slot < SLOTS:
+            raise StoreUnavailable(f"worker slot {slot} is past the {SLOTS} the client limits"
+                                   f" in {self.directory} count for")  # fmt: skip
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.directory / TABLE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -147,23 +138,26 @@ class HostLimits:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             self._map = mmap.mmap(fd, SIZE)
             self._fd = fd
-            self.slot, self._slot_fd = self._claim_slot()
         except OSError as ex:
             raise StoreUnavailable(
                 f"cannot open the client limits in {self.directory}: {ex}"
             ) from ex
+        self.slot = slot
+        self._holder = secrets.randbits(32) or 1
         self._lock()
         try:
-            self._clear_slot(self.slot)  # what a dead holder of this slot left
-            self._map[ACTIVE_AT + self.slot] = 1
-            if self._in_use() <= self.slot:
-                IN_USE.pack_into(self._map, IN_USE_AT, self.slot + 1)
+            self._clear_slot(slot)  # what a dead holder of this slot left
+            HOLDER.pack_into(self._map, HOLDERS_AT + slot * HOLDER.size, self._holder)
+            if self._in_use() <= slot:
+                IN_USE.pack_into(self._map, IN_USE_AT, slot + 1)
         finally:
             self._unlock()
-        self.sweep()
+        # No sweep here: its probes would take free slot locks for an instant just as this
+        # worker's siblings start and claim theirs. The first client at its cap sweeps.
 
     def close(self) -> None:
-        """Give back everything this worker counted (and leased) and its slot."""
+        """Give back what this worker leased, and what it counted unless its slot has a new
+        holder already (its store let the slot go first)."""
         if self._map is None:
             return
         self._lock()
@@ -171,32 +165,18 @@ class HostLimits:
             for i, lease in self._leases.items():
                 at = ENTRIES_AT + i * ENTRY.size + 8
                 tokens, stamp = BUCKET.unpack_from(self._map, at)
-                BUCKET.pack_into(self._map, at, min(self.burst, tokens + lease[0]), stamp)
-            self._clear_slot(self.slot)
-            self._map[ACTIVE_AT + self.slot] = 0
+                back = lease.tokens + lease.back
+                BUCKET.pack_into(self._map, at, min(self.bucket.burst, tokens + back), stamp)
+            if self._holder_of(self.slot) == self._holder:
+                self._release_slot(self.slot)
         finally:
             self._unlock()
         self._leases.clear()
         self._map.close()
         self._map = None
-        os.close(self._slot_fd)
         os.close(self._fd)
-        self._fd = self._slot_fd = -1
+        self._fd = -1
         self._index.clear()
-
-    def _claim_slot(self) -> tuple[int, int]:
-        for slot in range(SLOTS):
-            fd = os.open(self._slot_path(slot), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            return slot, fd
-        raise OSError(f"all {SLOTS} limit slots are held")
-
-    def _slot_path(self, slot: int) -> Path:
-        return self.directory / f"slot-{slot}.lock"
 
     def sweep(self) -> int:
         """Clear the counts of slots whose worker is gone; return how many were cleared."""
@@ -204,32 +184,24 @@ class HostLimits:
             return 0
         self._last_sweep = self.clock()
         cleared = 0
-        for slot in range(self._in_use()):
-            if slot == self.slot or not self._map[ACTIVE_AT + slot]:
-                continue
-            try:
-                fd = os.open(self._slot_path(slot), os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue  # its worker is alive
-            try:
-                self._lock()
-                try:
-                    self._clear_slot(slot)
-                    self._map[ACTIVE_AT + slot] = 0
-                finally:
-                    self._unlock()
-                cleared += 1
-            finally:
-                os.close(fd)  # releases its lock
+        # Under the table's lock: a worker that takes a dead slot over opens (clears it and
+        # writes itself in) after this, never between the check and the clearing.
         self._lock()
-        try:  # the slots in use end after the highest one still held
-            active = self._map[ACTIVE_AT : ACTIVE_AT + SLOTS].rstrip(b"\0")
-            IN_USE.pack_into(self._map, IN_USE_AT, len(active))
+        try:
+            for slot in range(self._in_use()):
+                if slot == self.slot or not self._holder_of(slot):
+                    continue
+                try:
+                    if self.alive(slot):
+                        continue
+                except OSError:
+                    continue  # not known to be dead
+                self._release_slot(slot)
+                cleared += 1
+            # The slots in use end after the highest one still held.
+            holders = HOLDERS.unpack_from(self._map, HOLDERS_AT)
+            in_use = next((n for n in range(SLOTS, 0, -1) if holders[n - 1]), 0)
+            IN_USE.pack_into(self._map, IN_USE_AT, in_use)
         finally:
             self._unlock()
         if cleared:
@@ -248,6 +220,17 @@ class HostLimits:
         assert self._map is not None
         (n,) = IN_USE.unpack_from(self._map, IN_USE_AT)
         return int(n)
+
+    def _holder_of(self, slot: int) -> int:
+        assert self._map is not None
+        (holder,) = HOLDER.unpack_from(self._map, HOLDERS_AT + slot * HOLDER.size)
+        return int(holder)
+
+    def _release_slot(self, slot: int) -> None:
+        """Clear ``slot`` and mark it held by nobody (under the lock)."""
+        assert self._map is not None
+        self._clear_slot(slot)
+        HOLDER.pack_into(self._map, HOLDERS_AT + slot * HOLDER.size, 0)
 
     def _clear_slot(self, slot: int) -> None:
         """Zero ``slot``'s counts (its worker is this one, or gone)."""
@@ -275,7 +258,7 @@ class HostLimits:
                     found = i
                     break
                 if held == 0:
-                    ENTRY.pack_into(self._map, at, key, self.burst, self.clock())
+                    ENTRY.pack_into(self._map, at, key, self.bucket.burst, self.clock())
                     found = i
                     break
                 i = (i + 1) % CAPACITY
@@ -294,54 +277,55 @@ class HostLimits:
     async def take(self, client: str) -> None:
         """Take one request token of ``client``; :class:`RateLimited` when there is none.
 
-        A coroutine only to share :class:`~service.client_limits.ClientLimits` with the
+        A coroutine only to share :class:`~service.clients.limits.ClientLimits` with the
         fleet's limits: it never waits."""
-        if self.rate <= 0 or self._map is None:
+        if self.bucket.rate <= 0 or self._map is None:
             return
         i = self._entry(client)
         if i is None:
             return
         now = self.clock()
         lease = self._leases.get(i)
-        if lease is not None and lease[0] >= 1.0 and now < lease[1]:
-            lease[0] -= 1.0
+        if lease is not None and lease.spend(now):
             return
-        left = lease[0] if lease is not None else 0.0
+        if lease is None:
+            lease = self._leases[i] = Lease()
+        bucket = self.bucket
         at = ENTRIES_AT + i * ENTRY.size + 8
         self._lock()
         try:
             tokens, stamp = BUCKET.unpack_from(self._map, at)
-            elapsed = now - stamp
-            # A stamp from the future is from before a reboot: start full.
-            tokens = self.burst if elapsed < 0 else tokens + elapsed * self.rate
-            tokens = min(self.burst, tokens + left)
-            grant = max(1, min(self.lease_max, int(tokens / 2))) if tokens >= 1.0 else 0
-            BUCKET.pack_into(self._map, at, tokens - grant, now)
+            granted, left = bucket.take(
+                tokens, stamp, now, most=lease.most(bucket.lease_max), back=lease.give_back(now)
+            )
+            BUCKET.pack_into(self._map, at, left, now)
         finally:
             self._unlock()
-        if not grant:
-            self._leases.pop(i, None)
+        if not granted:
+            del self._leases[i]
             raise RateLimited(
-                f"over {self.rate:g} requests/s (JOBPOOL_CLIENT_RATE); slow down",
-                retry_after_s=max(1, math.ceil((1.0 - tokens) / self.rate)),
+                f"over {bucket.rate:g} requests/s (JOBPOOL_CLIENT_RATE); slow down",
+                retry_after_s=bucket.retry_after_s(left),
             )
-        self._leases[i] = [grant - 1.0, now + LEASE_S]
+        lease.fill(granted, now, bucket.lease_max)
+        lease.spend(now)
 
     # -- jobs in flight ---------------------------------------------------------------
 
     def acquire(self, owner: str) -> None:
         """Count one more job of ``owner`` in flight; :class:`TooManyJobs` at the cap."""
-        if self.max_inflight <= 0 or self._map is None:
+        cap = self.settings.max_inflight
+        if cap <= 0 or self._map is None:
             return
         i = self._entry(owner)
         if i is None:
             return
-        if self._total(i) >= self.max_inflight:
+        if self._total(i) >= cap:
             # Counts a killed worker left behind may be what holds the client at its cap.
             swept = self.clock() - self._last_sweep >= SWEEP_EVERY_S and self.sweep()
-            if not swept or self._total(i) >= self.max_inflight:
+            if not swept or self._total(i) >= cap:
                 raise TooManyJobs(
-                    f"{self.max_inflight} jobs of this client are queued or running"
+                    f"{cap} jobs of this client are queued or running"
                     " (JOBPOOL_CLIENT_MAX_INFLIGHT); retry when some have finished",
                     retry_after_s=1,
                 )
@@ -349,14 +333,14 @@ class HostLimits:
 
     def force(self, owner: str) -> None:
         """Count a job that is in flight already (resumed after a restart), cap or not."""
-        if self.max_inflight > 0 and self._map is not None:
+        if self.settings.max_inflight > 0 and self._map is not None:
             i = self._entry(owner)
             if i is not None:
                 self._add(i, 1)
 
     def release(self, owner: str) -> None:
         """A job of ``owner`` this worker counted has ended."""
-        if self.max_inflight > 0 and self._map is not None:
+        if self.settings.max_inflight > 0 and self._map is not None:
             i = self._entry(owner)
             if i is not None:
                 self._add(i, -1)

@@ -1,28 +1,26 @@
 """Per-client limits kept in the fleet's Redis, so that they hold across every host.
 
 With the Redis store (``JOBPOOL_STORE_URL=redis://…``) several hosts serve one client
-behind a load balancer; limits each host kept on its own (:mod:`service.limits`) would give
-the client N times its share. Here both limits live in the Redis the hosts share:
+behind a load balancer; limits each host kept on its own (:mod:`service.clients.host`) would
+give the client N times its share. Here both limits live in the Redis the hosts share:
 
 * **rate** (``JOBPOOL_CLIENT_RATE``, ``JOBPOOL_CLIENT_BURST``): one token bucket per
   client, the hash ``jobpool:bucket:<client>`` (tokens, stamp), refilled and taken by one
   script (:data:`TAKE`) on Redis's own clock (``TIME``), so the hosts' clocks do not
   matter. A bucket idle long enough to be full again expires: an absent bucket is a full
-  one. As on one host (the same rule, :func:`service.limits.lease_size`), a worker takes
-  tokens in small leases, at most ``LEASE_S`` seconds' worth of the rate (and an eighth of
-  the burst), at most half of what is left, at least one, and spends them locally for up to
-  ``LEASE_S``; what a lease still holds after that goes back with the next refill. Tokens
-  are only ever spent after the bucket gave them, so the fleet never admits more than the
-  bucket holds (the burst plus the rate times the time); with a small rate or burst a lease
-  is one token and the bucket is exact. The round trip is taken off the requests' path: a
-  lease of :data:`PREFETCH_MIN` tokens or more is topped up in the background once half
-  spent or half its time gone (measured with bench.ingest on the Redis store, requests
-  waiting for each refill cost a quarter of the throughput); only a request that finds no
-  lease at all waits, and the requests of one client that find none while a refill is on
-  its way wait for that one instead of sending their own. With the defaults a worker asks
-  Redis about 40 times a second for a client that keeps it busy, in the pipeline of its
-  event-loop tick. A refused refill is remembered for ``LEASE_S``, so a client over its
-  rate costs a worker at most one round trip per ``LEASE_S``, however hard it floods.
+  one. As on one host, a worker takes tokens in leases and spends them locally
+  (:mod:`service.clients.bucket`: the script runs its Lua twin of the host's arithmetic),
+  so the fleet never admits more than the bucket holds (the burst plus the rate times the
+  time); with a small rate or burst a lease is one token and the bucket is exact. The
+  round trip is taken off the requests' path: a lease of :data:`PREFETCH_MIN` tokens or
+  more is topped up in the background once half spent or half its time gone (measured
+  with bench.ingest on the Redis store, requests waiting for each refill cost a quarter of
+  the throughput); only a request that finds no lease at all waits, and the requests of
+  one client that find none while a refill is on its way wait for that one instead of
+  sending their own. With the defaults a worker asks Redis about 40 times a second for a
+  client that keeps it busy, in the pipeline of its event-loop tick. A refused refill is
+  remembered for ``LEASE_S``, so a client over its rate costs a worker at most one round
+  trip per ``LEASE_S``, however hard it floods.
 * **jobs in flight** (``JOBPOOL_CLIENT_MAX_INFLIGHT``): counted by the store's own scripts,
   in the same step that changes a job's state, and refused by the script that would store
   the job (see :mod:`service.jobs.redis.scripts`). So jobs waiting in the fleet's shared queue
@@ -46,14 +44,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from service.clients.bucket import LEASE_S, TAKE_LUA, Bucket, Lease
 from service.errors import RateLimited
 from service.jobs.redis.store import RedisStore
-from service.limits import LEASE_S, lease_size
+
+if TYPE_CHECKING:
+    from service.clients.limits import LimitSettings
 
 #: Seconds a full bucket is kept past the time it takes to fill up.
 BUCKET_SLACK_S = 1.0
@@ -68,23 +68,16 @@ PREFETCH_MIN = 4
 #: ARGV: prefix, client, rate (tokens/s), burst, most tokens to grant, tokens given back,
 #: seconds to keep a full bucket.
 #: Returns {tokens granted, tokens left (a string: Lua numbers reply as integers)}.
-TAKE = r"""
+TAKE = (
+    TAKE_LUA
+    + r"""
 local key = P .. 'bucket:' .. ARGV[2]
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
-local most, back = tonumber(ARGV[5]), tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local held = redis.call('HMGET', key, 'tokens', 'stamp')
-local tokens, stamp = tonumber(held[1]), tonumber(held[2])
-if not tokens or not stamp then
-  tokens = burst
-elseif now > stamp then  -- a clock that went back (a failover) adds nothing
-  tokens = tokens + (now - stamp) * rate
-end
-tokens = math.min(burst, tokens + back)
-local grant = 0
-if tokens >= 1 then grant = math.max(1, math.min(most, math.floor(tokens / 2))) end
-tokens = tokens - grant
+local grant, tokens = take(tonumber(held[1]), tonumber(held[2]), now, rate, burst,
+                           tonumber(ARGV[5]), tonumber(ARGV[6]))
 redis.call('HSET', key, 'tokens', string.format('%.17g', tokens),
            'stamp', string.format('%.6f', now))
 -- Gone once it would be full again anyway (at most ~30 years, what PEXPIRE takes).
@@ -92,17 +85,7 @@ local ttl = math.min(1e12, math.ceil((burst / rate + tonumber(ARGV[7])) * 1000))
 redis.call('PEXPIRE', key, ttl)
 return {grant, string.format('%.17g', tokens)}
 """
-
-
-@dataclass
-class _Lease:
-    """Tokens of one client this worker took from the bucket and has not spent."""
-
-    #: Spendable until ``until`` (this worker's monotonic clock).
-    tokens: float = 0.0
-    until: float = -math.inf
-    #: Not to be spent: given back to the bucket with the next refill.
-    back: float = 0.0
+)
 
 
 class FleetLimits:
@@ -111,32 +94,23 @@ class FleetLimits:
     def __init__(
         self,
         store: RedisStore,
+        settings: LimitSettings,
         *,
-        rate: float,
-        burst: int,
-        max_inflight: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.rate = rate
-        self.burst = float(max(1, burst))
-        #: Enforced by ``store`` (its ``client_max_inflight``); kept here to be shown.
-        self.max_inflight = max_inflight
+        #: Its ``max_inflight`` is enforced by ``store`` (its ``client_max_inflight``).
+        self.settings = settings
+        self.bucket = Bucket(settings.rate, settings.burst)
         self.clock = clock
-        #: Most tokens one lease holds.
-        self.lease_max = lease_size(rate, self.burst)
         #: Whether a lease is refilled before it runs out (see :data:`PREFETCH_MIN`).
-        self.prefetch = self.lease_max >= PREFETCH_MIN
-        self._leases: dict[str, _Lease] = {}
+        self.prefetch = self.bucket.lease_max >= PREFETCH_MIN
+        self._leases: dict[str, Lease] = {}
         self._refused: dict[str, tuple[float, int]] = {}  # client -> (until, Retry-After)
         self._refills: dict[str, asyncio.Task[None]] = {}
         store.define("take_tokens", TAKE)
 
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0 or self.max_inflight > 0
-
-    def open(self) -> None:
+    def open(self, slot: int) -> None:
         """Nothing to open: the state is in Redis, reached through the store."""
 
     def close(self) -> None:
@@ -151,7 +125,7 @@ class FleetLimits:
     async def take(self, client: str) -> None:
         """Take one request token of ``client``; :class:`RateLimited` when there is none,
         :class:`StoreUnavailable` when Redis had to be asked and could not be."""
-        if self.rate <= 0 or self._spend(client):
+        if self.bucket.rate <= 0 or self._spend(client):
             return
         for _ in range(SHARED_REFILLS):
             refill = self._refills.get(client) or self._refill(client)
@@ -165,12 +139,11 @@ class FleetLimits:
         """Spend a leased token; False if there is none; RateLimited if refused lately."""
         now = self.clock()
         lease = self._leases.get(client)
-        if lease is not None and lease.tokens >= 1.0 and now < lease.until:
-            lease.tokens -= 1.0
+        if lease is not None and lease.spend(now):
             if (
                 self.prefetch
                 and client not in self._refills
-                and (lease.tokens < self.lease_max / 2 or now >= lease.until - LEASE_S / 2)
+                and (lease.tokens < self.bucket.lease_max / 2 or now >= lease.until - LEASE_S / 2)
             ):
                 self._refill(client)  # in the background, while this lease lasts
             return True
@@ -196,36 +169,27 @@ class FleetLimits:
 
     async def _top_up(self, client: str) -> None:
         """Give back what the lease owes, take tokens up to ``lease_max`` from the bucket."""
-        lease = self._leases.setdefault(client, _Lease())
-        now = self.clock()
-        if now >= lease.until:  # run out: its tokens go back
-            lease.back += lease.tokens
-            lease.tokens = 0.0
-        back, lease.back = lease.back, 0.0
+        bucket = self.bucket
+        lease = self._leases.setdefault(client, Lease())
+        back = lease.give_back(self.clock())
         # Lost if the call fails (it may or may not have run): fewer requests admitted,
         # never more.
         granted, left = await self.store.script(
-            "take_tokens", client, repr(self.rate), repr(self.burst),
-            max(1, self.lease_max - int(lease.tokens)), repr(back), repr(BUCKET_SLACK_S),
+            "take_tokens", client, repr(bucket.rate), repr(bucket.burst),
+            lease.most(bucket.lease_max), repr(back), repr(BUCKET_SLACK_S),
         )  # fmt: skip
         now = self.clock()
         if int(granted) < 1:
-            retry_after = max(1, math.ceil((1.0 - float(left)) / self.rate))
-            self._refused[client] = (now + LEASE_S, retry_after)
+            self._refused[client] = (now + LEASE_S, bucket.retry_after_s(float(left)))
             return
         self._refused.pop(client, None)
-        lease = self._leases.setdefault(client, _Lease())  # (close() may have run)
-        if now >= lease.until:
-            lease.back += lease.tokens
-            lease.tokens = 0.0
-        total = lease.tokens + int(granted)
-        lease.tokens = min(total, float(self.lease_max))
-        lease.back += total - lease.tokens
-        lease.until = now + LEASE_S
+        lease = self._leases.setdefault(client, Lease())  # (close() may have run)
+        lease.fill(int(granted), now, bucket.lease_max)
 
     def _limited(self, retry_after_s: int) -> RateLimited:
         return RateLimited(
-            f"over {self.rate:g} requests/s (JOBPOOL_CLIENT_RATE) across the fleet; slow down",
+            f"over {self.bucket.rate:g} requests/s (JOBPOOL_CLIENT_RATE) across the fleet;"
+            " slow down",
             retry_after_s=retry_after_s,
         )
 
