@@ -12,7 +12,7 @@ that transaction the writes of one kind (new jobs, item results, job ends) go in
 statement each (``executemany``), and every new job of the tick waits on one shared future.
 
 Why large arguments and results live apart: SQLite rewrites a whole row when any column
-changes. Over ``INLINE_MAX`` bytes a payload is a file (:mod:`service.jobs.payloads`),
+changes. Over ``INLINE_MAX`` bytes a payload is a file (:mod:`service.jobs.sqlite.payloads`),
 written once, and the job row holds an empty marker in its place; reading a job for the
 API never reads its arguments.
 """
@@ -34,10 +34,10 @@ from typing import Any
 
 from service.errors import StoreUnavailable
 from service.ids import id_floor
-from service.jobs.payloads import PayloadFiles, PayloadMissing
 from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot
+from service.jobs.sqlite.payloads import PayloadFiles, PayloadMissing
 from service.jobs.state import JobState
 from service.jobs.store import INTERRUPTED, capped_result
 

@@ -1,0 +1,1 @@
+"""The embedded job store: SQLite shards, one per gunicorn worker, on local disk."""
