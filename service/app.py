@@ -30,7 +30,7 @@ from service.jobs.io_pool import IoPool
 from service.jobs.layer import JobLayer
 from service.jobs.redis.store import RedisStore
 from service.jobs.registry import POOLS, Registry, registry
-from service.jobs.sqlite_store import SqliteStore
+from service.jobs.sqlite.store import SqliteStore
 from service.jobs.store import Store
 from service.jobs.tokens import HostTokens
 from service.keys import Keyring

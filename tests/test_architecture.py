@@ -105,7 +105,7 @@ def test_each_module_imports_only_what_its_room_may(importer: str) -> None:
 
 def test_the_rules_catch_a_wall_crossed() -> None:
     """The rules are not vacuous: the crossings they exist for are refused."""
-    assert broken_rules("service.api.parcels", "service.jobs.sqlite_store") is not None
+    assert broken_rules("service.api.parcels", "service.jobs.sqlite.store") is not None
     assert broken_rules("service.jobs.layer", "service.api.http") is not None
     assert broken_rules("service.tasks.parcels", "service.jobs.layer") is not None
     assert broken_rules("service.ids", "service.config") is not None

@@ -20,7 +20,7 @@ from service.clients.limits import ClientLimits, LimitSettings, for_store
 from service.config import Settings
 from service.errors import RateLimited, TooManyJobs
 from service.jobs.slots import claim_slot, is_held
-from service.jobs.sqlite_store import SqliteStore
+from service.jobs.sqlite.store import SqliteStore
 from tests.test_security_units import Clock
 
 #: The slot locks of the test workers (the store's are ``jobs-N.lock``).

@@ -18,7 +18,7 @@ from service.jobs.cpu_pool import CpuPool
 from service.jobs.io_pool import IoPool
 from service.jobs.layer import JobLayer
 from service.jobs.registry import registry
-from service.jobs.sqlite_store import SqliteStore
+from service.jobs.sqlite.store import SqliteStore
 from service.jobs.state import JobState
 from service.jobs.tokens import HostTokens
 from service.tasks.images import process

@@ -17,7 +17,8 @@ import pytest
 from service.errors import StoreUnavailable
 from service.ids import new_id
 from service.jobs.record import BatchProgress, ItemRef
-from service.jobs.sqlite_store import SCHEMA, SqliteStore, item_key
+from service.jobs.sqlite.schema import SCHEMA, JobRow, item_key
+from service.jobs.sqlite.store import SqliteStore
 from service.jobs.state import JobState
 from service.jobs.store import INTERRUPTED
 from tests.test_store import record
@@ -225,6 +226,15 @@ async def test_a_job_a_crash_cut_off_in_an_earlier_file_stays_marked(tmp_path: P
     adopted = {r.id: r.interrupted for r in await a.adopt_orphans()}  # shard 1, unclaimed
     assert adopted == {jobs[1][0]: True, jobs[1][1]: False}
     await a.close()
+
+
+def test_the_job_row_names_every_column_of_the_jobs_table() -> None:
+    """JobRow has a field for each column of ``jobs`` (an adopted job is copied whole)."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(SCHEMA)
+    columns = [name for _, name, *_ in conn.execute("PRAGMA table_info(jobs)")]
+    conn.close()
+    assert sorted(JobRow._fields) == sorted(columns)
 
 
 def test_item_keys_are_distinct_whatever_the_names_hold() -> None:

@@ -22,7 +22,7 @@ from service.ids import new_id
 from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
 from service.jobs.redis.store import RedisStore
 from service.jobs.registry import POOLS
-from service.jobs.sqlite_store import SqliteStore
+from service.jobs.sqlite.store import SqliteStore
 from service.jobs.state import ADD, CANCEL, FINISH, MOVES, REQUEUE, START, JobState, Move
 from service.jobs.store import Store
 

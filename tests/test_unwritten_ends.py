@@ -15,7 +15,7 @@ from falcon import testing
 from service.app import create_app
 from service.config import Settings
 from service.jobs.layer import JobLayer
-from service.jobs.sqlite_store import SqliteStore
+from service.jobs.sqlite.store import SqliteStore
 from tests.clients import ALICE, bearer
 from tests.conftest import SEED_BATCH
 from tests.extension import extend

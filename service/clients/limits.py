@@ -25,7 +25,7 @@ from service.clients.host import HostLimits
 from service.config import Settings
 from service.jobs.redis.store import RedisStore
 from service.jobs.slots import is_held
-from service.jobs.sqlite_store import SqliteStore
+from service.jobs.sqlite.store import SqliteStore
 from service.jobs.store import Store
 
 

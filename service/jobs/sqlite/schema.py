@@ -1,0 +1,187 @@
+"""The tables of a shard, every statement run against them, and the migration of older files.
+
+Every statement is here, so that one read shows that each walks a primary key: the tables
+have no other index, as each index is one more B-tree written on every commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, NamedTuple
+
+from service.jobs.state import JobState
+from service.jobs.store import INTERRUPTED
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    -- 1 while the job waits to run again after a crash cut its last run off: it may be what
+    -- crashed the process, so it runs alone (see the layer's quarantine).
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    args BLOB NOT NULL,
+    items BLOB,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    result BLOB
+) WITHOUT ROWID;
+-- Results of batch items that have a key (a parcel's id), newest job first. A row is
+-- written for every such item, so it is kept small: one text key (job name, owner and the
+-- item's key: see item_key()) and two columns. ``value`` is the pickled result, or, when the
+-- result is the job's own item unchanged (a parcel is stored as it was sent), the item's
+-- index in ``jobs.items`` as an integer: the item is not stored twice.
+CREATE TABLE IF NOT EXISTS item_results (
+    k TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class JobRow(NamedTuple):
+    """A row of ``jobs`` as the statements below read and copy it, a field per column."""
+
+    id: str
+    name: str
+    owner: str
+    state: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    error: str | None
+    interrupted: int
+    #: Pickled, or the APART marker: the payload is a file (see rows.py).
+    args: bytes
+    items: bytes | None
+    done: int
+    failed: int
+    result: bytes | None
+
+
+COLUMNS = ", ".join(JobRow._fields)
+SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
+SELECT_UNFINISHED = f"SELECT {COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY id"
+#: A job moved whole from another shard (adoption); one already here is kept.
+COPY_JOB = f"INSERT OR IGNORE INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(JobRow._fields))})"
+JOB_EXISTS = "SELECT 1 FROM jobs WHERE id = ?"
+JOB_STATE = "SELECT state FROM jobs WHERE id = ?"
+JOB_ITEMS = "SELECT items FROM jobs WHERE id = ?"
+
+INSERT_JOB = (
+    "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts, args, items)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+START_JOB = (
+    "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1"
+    " WHERE id = ? AND state = 'queued'"
+)
+COUNT_ITEMS = "UPDATE jobs SET done = ?, failed = ? WHERE id = ?"
+END_JOB = (
+    "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?,"
+    " done = coalesce(?, done), failed = coalesce(?, failed)"
+    " WHERE id = ? AND state IN ('running', 'queued')"
+)
+REQUEUE_JOB = (
+    "UPDATE jobs SET state = 'queued', error = ?, interrupted = 0"
+    " WHERE id = ? AND state = 'running'"
+)
+CANCEL_JOB = (
+    "UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'"
+)
+INTERRUPT_JOBS = (
+    "UPDATE jobs SET state = 'queued', error = ?, interrupted = 1 WHERE state = 'running'"
+)
+#: A job whose arguments file is lost can never run.
+FAIL_JOB = "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?"
+#: Ids are time-ordered: a job created before the cutoff sorts before ``?2``, so this walks
+#: a range of the primary key. ``?1`` is the APART marker: which payloads are files.
+EXPIRED_JOBS = (
+    "SELECT id, args = ?1, result = ?1 FROM jobs WHERE id < ?2 AND finished_at < ?3 LIMIT ?4"
+)
+DELETE_JOB = "DELETE FROM jobs WHERE id = ?"
+
+ITEM_RESULT = "SELECT job_id, value FROM item_results WHERE k = ?"
+#: The same in a file its worker has not migrated yet (see MIGRATE_KEYED).
+KEYED_RESULT = "SELECT job_id, value FROM keyed WHERE name = ? AND owner = ? AND key = ?"
+#: A full scan (no index on job_id): the janitor runs it every few rounds only.
+DELETE_EXPIRED_ITEMS = "DELETE FROM item_results WHERE job_id < ?"
+#: Item results go in as multi-row statements of these sizes (largest first): a row of
+#: executemany costs a bind, a step and a reset of its own, which for these small rows is
+#: more than the row itself (callgrind: 13.7k -> 8.9k instructions a row). A few fixed sizes
+#: keep the statements in the connection's statement cache.
+ITEM_STATEMENT_ROWS = (128, 32, 8, 2, 1)
+
+
+def upsert_items_sql(rows: int) -> str:
+    """Upsert ``rows`` item results (3 parameters each); rows apply in order, and a newer
+    job's result replaces an older one's, never the reverse."""
+    return (
+        "INSERT INTO item_results (k, job_id, value) VALUES "
+        + ", ".join(["(?, ?, ?)"] * rows)
+        + " ON CONFLICT DO UPDATE SET job_id = excluded.job_id, value = excluded.value"
+        " WHERE excluded.job_id >= item_results.job_id"
+    )
+
+
+UPSERT_ITEMS = {rows: upsert_items_sql(rows) for rows in ITEM_STATEMENT_ROWS}
+
+
+def item_key(name: str, owner: str, key: str) -> str:
+    """The one text key of an item result: name and owner length-prefixed, so that no two
+    (name, owner, key) share it whatever characters they hold."""
+    return f"{len(name)}:{name}{len(owner)}:{owner}{key}"
+
+
+def interrupt(conn: sqlite3.Connection) -> None:
+    """Jobs left running by a process that is gone go back to the queue, marked."""
+    conn.execute(INTERRUPT_JOBS, (INTERRUPTED,))
+
+
+def cancel(conn: sqlite3.Connection, job_id: str, now: float) -> JobState | None:
+    """Cancel the job if it is queued; its state after that (None: no such job)."""
+    conn.execute(CANCEL_JOB, (now, job_id))
+    row = conn.execute(JOB_STATE, (job_id,)).fetchone()
+    return None if row is None else JobState(row[0])
+
+
+#: Earlier files kept item results in ``keyed`` (name, owner, key, job_id, value): their
+#: worker moves them over when it opens the file.
+MIGRATE_KEYED = (
+    "INSERT OR IGNORE INTO item_results (k, job_id, value)"
+    " SELECT length(name) || ':' || name || length(owner) || ':' || owner || key, job_id, value"
+    " FROM keyed",
+    "DROP TABLE keyed",
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file made by an earlier version to this schema."""
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'keyed'").fetchone():
+        statements += [(statement, ()) for statement in MIGRATE_KEYED]
+    columns = {name for _, name, *_ in conn.execute("PRAGMA table_info(jobs)")}
+    if "interrupted" not in columns:
+        # Earlier files said "cut off by a crash" with the error text alone.
+        statements += [
+            ("ALTER TABLE jobs ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0", ()),
+            ("UPDATE jobs SET interrupted = 1 WHERE state = 'queued' AND error = ?",
+             (INTERRUPTED,)),
+        ]  # fmt: skip
+    if not statements:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement, params in statements:
+            conn.execute(statement, params)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
