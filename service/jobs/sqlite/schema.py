@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, NamedTuple
 
-from service.jobs.state import JobState
+from service.jobs.state import CANCEL, FINISH, REQUEUE, START, JobState
 from service.jobs.store import INTERRUPTED
 
 SCHEMA = """
@@ -79,25 +79,27 @@ INSERT_JOB = (
     "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts, args, items)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# The moves of a job's state apply in the states service/jobs/state.py declares for them.
 START_JOB = (
     "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1"
-    " WHERE id = ? AND state = 'queued'"
+    f" WHERE id = ? AND state IN {START.sql()}"
 )
 COUNT_ITEMS = "UPDATE jobs SET done = ?, failed = ? WHERE id = ?"
 END_JOB = (
     "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?,"
     " done = coalesce(?, done), failed = coalesce(?, failed)"
-    " WHERE id = ? AND state IN ('running', 'queued')"
+    f" WHERE id = ? AND state IN {FINISH.sql()}"
 )
 REQUEUE_JOB = (
     "UPDATE jobs SET state = 'queued', error = ?, interrupted = 0"
-    " WHERE id = ? AND state = 'running'"
+    f" WHERE id = ? AND state IN {REQUEUE.sql()}"
 )
 CANCEL_JOB = (
-    "UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'"
+    f"UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state IN {CANCEL.sql()}"
 )
+#: A requeue of every job whose process is gone (a crash found later).
 INTERRUPT_JOBS = (
-    "UPDATE jobs SET state = 'queued', error = ?, interrupted = 1 WHERE state = 'running'"
+    f"UPDATE jobs SET state = 'queued', error = ?, interrupted = 1 WHERE state IN {REQUEUE.sql()}"
 )
 #: A job whose arguments file is lost can never run.
 FAIL_JOB = "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?"
