@@ -41,24 +41,16 @@ class GroupCommit:
         self._commit: asyncio.Future[None] | None = None
         self._scheduled = False
 
-    def committed(self) -> asyncio.Future[None]:
-        """The future of the transaction's commit, shared by all its adds and ends."""
-        self._schedule()
-        future = self._commit
-        if future is None:
-            future = self._commit = self._loop.create_future()
-        return future
-
     def insert_job(self, row: tuple[Any, ...]) -> asyncio.Future[None]:
         """Insert a job (``INSERT_JOB`` parameters); the future resolves at the commit."""
-        committed = self.committed()
+        committed = self._committed()
         self._adds.append(row)
         return committed
 
-    def end_job(self, row: tuple[Any, ...]) -> asyncio.Future[None]:
-        """End a job (``END_JOB`` parameters); the future resolves at the commit."""
-        committed = self.committed()
-        self._ends.append(row)
+    def end_jobs(self, rows: list[tuple[Any, ...]]) -> asyncio.Future[None]:
+        """End jobs (``END_JOB`` parameters each); the future resolves at the commit."""
+        committed = self._committed()
+        self._ends += rows
         return committed
 
     def upsert_items(self, flat: list[Any]) -> None:
@@ -84,6 +76,14 @@ class GroupCommit:
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
+
+    def _committed(self) -> asyncio.Future[None]:
+        """The future of the transaction's commit, shared by all its adds and ends."""
+        self._schedule()
+        future = self._commit
+        if future is None:
+            future = self._commit = self._loop.create_future()
+        return future
 
     def flush(self) -> None:
         """Commit what was written so far (the loop calls it once a tick, and close)."""

@@ -187,12 +187,14 @@ class SqliteStore:
 
     async def finish_many(self, ends: Sequence[JobEnd], now: float) -> None:
         rows = [await self._end_row(end, now) for end in ends]  # result files first
-        writes = self._writes()
-        committed = writes.committed()
-        for end, row in zip(ends, rows, strict=True):
+        items: list[Any] = []
+        for end in ends:
             if end.progress is not None and end.progress.keyed:
-                writes.upsert_items(item_rows(end.record, end.progress))
-            writes.end_job(row)
+                items += item_rows(end.record, end.progress)
+        writes = self._writes()
+        committed = writes.end_jobs(rows)
+        if items:
+            writes.upsert_items(items)
         await committed
         # A final job never runs again: its large arguments are dead weight.
         dead = [end.record.id for end in ends if end.record.id in self._args_apart]
