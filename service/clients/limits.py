@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from service.clients.fleet import FleetLimits
 from service.clients.host import HostLimits
 from service.config import Settings
 from service.jobs.redis.store import RedisStore
-from service.jobs.slots import is_held
+from service.jobs.sqlite.shards import is_claimed
 from service.jobs.sqlite.store import SqliteStore
 from service.jobs.store import Store
 
@@ -78,11 +77,6 @@ def for_store(settings: Settings, store: Store) -> ClientLimits:
     if isinstance(store, RedisStore):
         return FleetLimits(store, allowed)
     if isinstance(store, SqliteStore):
-        alive = functools.partial(_shard_held, store.directory)
+        alive = functools.partial(is_claimed, store.directory)
         return HostLimits(settings.state_dir / "limits", allowed, alive=alive)
     raise TypeError(f"no client limits for a {type(store).__name__}")
-
-
-def _shard_held(directory: Path, slot: int) -> bool:
-    """Whether a live worker holds SQLite shard ``slot`` (the lock SqliteStore claims)."""
-    return is_held(directory / f"jobs-{slot}.lock")

@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 
 from service.jobs.record import JobRecord
-from service.jobs.slots import claim_slot
+from service.jobs.slots import claim_slot, is_held
 from service.jobs.sqlite.payloads import PayloadFiles
 from service.jobs.sqlite.rows import runnable
 from service.jobs.sqlite.schema import (
@@ -35,20 +35,28 @@ from service.jobs.state import JobState
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+#: The names of shard N's database and of the lock its worker holds.
+SHARD = "jobs-{}.db"
+LOCK = "jobs-{}.lock"
 
 
 def shard_path(directory: Path, shard: int) -> Path:
-    return directory / f"jobs-{shard}.db"
+    return directory / SHARD.format(shard)
 
 
 def shard_paths(directory: Path) -> list[Path]:
     """Every shard file in ``directory``, claimed or not, in order."""
-    return sorted(directory.glob("jobs-*.db"))
+    return sorted(directory.glob(SHARD.format("*")))
 
 
 def claim(directory: Path) -> tuple[int, int]:
     """Lock the lowest free shard of ``directory``: (its number, the lock's fd)."""
-    return claim_slot(directory, "jobs-{}.lock")
+    return claim_slot(directory, LOCK)
+
+
+def is_claimed(directory: Path, shard: int) -> bool:
+    """Whether a live worker holds shard ``shard`` of ``directory``; never blocks."""
+    return is_held(directory / LOCK.format(shard))
 
 
 def connect(path: Path) -> sqlite3.Connection:
