@@ -22,8 +22,8 @@ import falcon.asgi
 
 from service import logs
 from service.api.http import read_json
-from service.api.jobs import accepted as answer_accepted
 from service.api.parcels import decode_batch
+from service.api.submitting import accepted as answer_accepted
 from service.app import create_app
 from service.config import Settings
 from service.ids import new_id
@@ -52,7 +52,7 @@ class Validated:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         items = await self.items(req)
-        answer_accepted(resp, self.record(req, items), accepted=len(items))
+        answer_accepted(resp, self.record(req, items), self.settings, accepted=len(items))
 
 
 class Accepted(Validated):
@@ -62,7 +62,7 @@ class Accepted(Validated):
         items = await self.items(req)
         record = self.record(req, items)
         await self.layer.store.add(record)
-        answer_accepted(resp, record, accepted=len(items))
+        answer_accepted(resp, record, self.settings, accepted=len(items))
 
 
 def _app(resource: type[Validated]) -> falcon.asgi.App[Any, Any]:

@@ -101,6 +101,7 @@ class Service:
             admission_wait_s=s.admission_wait_ms / 1000,
             max_attempts=s.max_attempts,
             janitor_interval_s=s.janitor_interval_s,
+            stop_grace_s=s.cancel_grace_s,
             quota=self.limits,
             events=self.metrics,
             # Once the store holds the worker's slot, before unfinished jobs are resumed
@@ -207,7 +208,7 @@ def create_app(
     app.add_route("/v1/fetch", FetchResource(layer, settings))
     app.add_route("/v1/images", ImagesResource(layer, settings))
     app.add_route("/v1/search", SearchResource(layer, settings))
-    app.add_route("/v1/jobs/{job_id}", JobResource(layer, wait_max_s=settings.wait_max_s))
+    app.add_route("/v1/jobs/{job_id}", JobResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
     if service.metrics is not None:
         app.add_route("/metrics", MetricsResource(service.metrics))

@@ -253,6 +253,17 @@ class Settings:
     wait_max_s: int = _setting(
         "WAIT_MAX_S", 60, _int(0, 3600), "longest Prefer: wait a request may ask for"
     )
+    schedule_max_s: int = _setting(
+        "SCHEDULE_MAX_S", 30 * 86_400, _int(1),
+        "farthest ahead a job may be scheduled (Job-Delay, Job-Not-Before)",
+    )  # fmt: skip
+    cancel_grace_s: int = _setting(
+        "CANCEL_GRACE_S", 10, _int(0, 3600),
+        "a cancelled io job that has not stopped by then ends cancelled, its result unused",
+    )  # fmt: skip
+    poll_hint_s: int = _setting(
+        "POLL_HINT_S", 1, _int(1, 3600), "Retry-After of a 202 and of an unfinished job"
+    )
     parcel_latency_ms: tuple[int, int] | None = _setting(
         "PARCEL_LATENCY_MS", None, _range_ms, "simulated storage latency per parcel, e.g. 5-55"
     )

@@ -194,6 +194,27 @@ class Metrics(JobEvents):
                 ("job", "state"),
             )
         )
+        self._retried = _Counts(
+            counter(
+                "jobpool_jobs_retried_total",
+                "Failed attempts run again (their job scheduled after a backoff), by job.",
+                ("job",),
+            )
+        )
+        self._delayed = _Counts(
+            counter(
+                "jobpool_jobs_delayed_total",
+                "Jobs submitted to start later (Job-Delay, Job-Not-Before), by job.",
+                ("job",),
+            )
+        )
+        self._cancelled = _Counts(
+            counter(
+                "jobpool_jobs_cancelled_total",
+                "Jobs cancelled, by job and how (dequeued, terminated, stopped, abandoned).",
+                ("job", "how"),
+            )
+        )
         self._run_seconds = _Observations(
             histogram(
                 "jobpool_job_run_seconds",
@@ -230,6 +251,12 @@ class Metrics(JobEvents):
             "admission_limit": gauge(
                 "jobpool_pool_admission_limit", "Admitted tasks at which submits get 503.", pool
             ),
+            "scheduled_jobs": gauge(
+                "jobpool_pool_scheduled_jobs",
+                "Jobs waiting for their time in this host's workers (SQLite store; with Redis"
+                " they wait in the fleet's store).",
+                pool,
+            ),
         }
         self._workers = gauge("jobpool_workers", "Workers serving (gunicorn workers alive).")
         self._sample: Callable[[], list[PoolStats]] = list
@@ -256,6 +283,15 @@ class Metrics(JobEvents):
         if ran_s is not None:
             self._run_seconds.observe((job,), ran_s)
 
+    def retried(self, job: str) -> None:
+        self._retried.add((job,))
+
+    def scheduled(self, job: str) -> None:
+        self._delayed.add((job,))
+
+    def cancelled(self, job: str, how: str) -> None:
+        self._cancelled.add((job, how))
+
     # -- moving the counts into prometheus_client ------------------------------------
 
     def watch(self, sample: Callable[[], list[PoolStats]]) -> None:
@@ -264,7 +300,10 @@ class Metrics(JobEvents):
 
     def flush(self) -> None:
         """Write this worker's pending counts and its pool gauges."""
-        for counts in (self._requests, self._submitted, self._rejected, self._completed):
+        for counts in (
+            self._requests, self._submitted, self._rejected, self._completed, self._retried,
+            self._delayed, self._cancelled,
+        ):  # fmt: skip
             counts.flush()
         for observations in (self._request_seconds, self._run_seconds, self._wait_seconds):
             observations.flush()

@@ -11,9 +11,9 @@ refused, as it always was here.
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime
 
-__all__ = ["DESCRIPTION", "is_rfc3339"]
+__all__ = ["DESCRIPTION", "is_rfc3339", "timestamp"]
 
 #: The rule above in one sentence, for the OpenAPI document.
 DESCRIPTION = (
@@ -58,3 +58,16 @@ def _is_last_minute_utc(m: re.Match[str]) -> bool:
         offset = int(m["off_hour"]) * 60 + int(m["off_minute"])
         minute -= offset if m["sign"] == "+" else -offset
     return minute % (24 * 60) == _LAST_MINUTE
+
+
+def timestamp(text: str) -> float | None:
+    """The Unix time of an RFC 3339 date-time (a leap second as the second after :59), or
+    None when ``text`` is not one."""
+    if not is_rfc3339(text):
+        return None
+    m = _DATE_TIME.fullmatch(text)
+    assert m is not None
+    leap = m["second"] == "60"
+    if leap:
+        text = text[: m.start("second")] + "59" + text[m.end("second") :]
+    return datetime.fromisoformat(text.upper().replace("Z", "+00:00")).timestamp() + leap

@@ -13,8 +13,8 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from service.api.http import preferred_wait, read_json
-from service.api.jobs import answer_submitted
+from service.api.http import read_json
+from service.api.submitting import answer_submitted, requested_start
 from service.config import Settings
 from service.jobs.layer import JobLayer
 from tests import jobs_for_tests  # noqa: F401 - registers the test jobs
@@ -23,20 +23,22 @@ from tests import jobs_for_tests  # noqa: F401 - registers the test jobs
 class Echo:
     """POST /v1/echo: the body comes back as the job's result."""
 
-    def __init__(self, layer: JobLayer) -> None:
+    def __init__(self, layer: JobLayer, settings: Settings) -> None:
         self.layer = layer
+        self.settings = settings
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         body = await read_json(req, 4096)
         record = await self.layer.submit("test.echo", {"body": body}, owner=req.context.owner)
-        await answer_submitted(self.layer, req, resp, record, preferred_wait(req, 30))
+        await answer_submitted(self.layer, req, resp, record, self.settings)
 
 
 class AnyTestJob:
     """POST /test/jobs/{name}: a test job, with the body as its keyword arguments."""
 
-    def __init__(self, layer: JobLayer) -> None:
+    def __init__(self, layer: JobLayer, settings: Settings) -> None:
         self.layer = layer
+        self.settings = settings
 
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str
@@ -44,15 +46,17 @@ class AnyTestJob:
         if not name.startswith("test."):
             raise falcon.HTTPNotFound()
         args: dict[str, Any] = await read_json(req, 1 << 20)
-        record = await self.layer.submit(name, args, owner=req.context.owner)
-        await answer_submitted(self.layer, req, resp, record, preferred_wait(req, 60))
+        start = requested_start(req, horizon_s=self.settings.schedule_max_s)
+        record = await self.layer.submit(name, args, owner=req.context.owner, not_before=start)
+        await answer_submitted(self.layer, req, resp, record, self.settings)
 
 
 class AnyTestBatch:
     """POST /test/batch/{name}: ``{"items": [...], "options": {...}}`` as a batch job."""
 
-    def __init__(self, layer: JobLayer) -> None:
+    def __init__(self, layer: JobLayer, settings: Settings) -> None:
         self.layer = layer
+        self.settings = settings
 
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str
@@ -60,10 +64,12 @@ class AnyTestBatch:
         if not name.startswith("test."):
             raise falcon.HTTPNotFound()
         body: dict[str, Any] = await read_json(req, 1 << 20)
+        start = requested_start(req, horizon_s=self.settings.schedule_max_s)
         record = await self.layer.submit_batch(
-            name, body["items"], owner=req.context.owner, options=body.get("options")
-        )
-        await answer_submitted(self.layer, req, resp, record, preferred_wait(req, 60))
+            name, body["items"], owner=req.context.owner, options=body.get("options"),
+            not_before=start,
+        )  # fmt: skip
+        await answer_submitted(self.layer, req, resp, record, self.settings)
 
 
 class WorkerPid:
@@ -77,6 +83,6 @@ class WorkerPid:
 
 def extend(app: falcon.asgi.App[Any, Any], layer: JobLayer, settings: Settings) -> None:
     app.add_middleware(WorkerPid())
-    app.add_route("/v1/echo", Echo(layer))
-    app.add_route("/test/jobs/{name}", AnyTestJob(layer))
-    app.add_route("/test/batch/{name}", AnyTestBatch(layer))
+    app.add_route("/v1/echo", Echo(layer, settings))
+    app.add_route("/test/jobs/{name}", AnyTestJob(layer, settings))
+    app.add_route("/test/batch/{name}", AnyTestBatch(layer, settings))

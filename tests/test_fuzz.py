@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from service import ids, netguard
 from service.api.fetch import decode_fetch
-from service.api.http import parse_json, preferred_wait
+from service.api.http import parse_json
 from service.api.parcels import decode_batch
+from service.api.submitting import preferences
 from service.app import create_app
 from service.config import Settings
 from service.errors import BadRequest, Invalid, Unauthorized
@@ -461,7 +462,7 @@ def test_prefer_parser_stays_within_its_cap(value: str, cap: int) -> None:
         def get_header(self, name: str) -> str:
             return value
 
-    assert 0 <= preferred_wait(Req(), cap) <= cap  # type: ignore[arg-type]
+    assert 0 <= preferences(Req(), cap).wait_s <= cap  # type: ignore[arg-type]
 
 
 @examples(max_examples=PARSER_EXAMPLES, deadline=None)

@@ -139,7 +139,9 @@ async def test_every_hold_is_given_back_once_whichever_way_its_job_leaves(
     waiting = await layer.submit("test.echo", {}, owner="cancelled")
     left = await layer.submit("test.echo", {}, owner="left")
     assert waiting.state is JobState.QUEUED  # the one thread is taken
-    assert await layer.cancel(waiting.id) is JobState.CANCELLED
+    cancelled = await layer.cancel(waiting.id)
+    assert cancelled is not None
+    assert cancelled.state is JobState.CANCELLED
     await layer.close(drain_s=0.2)  # `running` is cut off, `left` never ran
     gate.touch()  # let the cut-off thread end
     for owner in ("ok", "bad", "batch", "cpu", "cut", "cancelled", "left"):

@@ -19,11 +19,22 @@ import pytest
 from service.config import StoreUrl
 from service.errors import StoreUnavailable
 from service.ids import new_id
-from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
+from service.jobs.record import BatchProgress, FailedAttempt, ItemRef, JobEnd, JobRecord
 from service.jobs.redis.store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.sqlite.store import SqliteStore
-from service.jobs.state import ADD, CANCEL, FINISH, MOVES, REQUEUE, START, JobState, Move
+from service.jobs.state import (
+    ADD,
+    CANCEL,
+    DUE,
+    FINISH,
+    MOVES,
+    REQUEUE,
+    RETRY,
+    START,
+    JobState,
+    Move,
+)
 from service.jobs.store import Store
 
 ROOM = {"io": 100, "cpu": 100}
@@ -423,6 +434,10 @@ async def test_unusable_state_directory_is_a_clear_error(backend: Backend, tmp_p
 
 async def in_state(store: Store, state: JobState) -> JobRecord:
     """A job brought to ``state`` through the store's own operations."""
+    if state is JobState.SCHEDULED:  # long after the test: nothing makes it due meanwhile
+        job = record(state=JobState.SCHEDULED, not_before=time.time() + 3600)
+        await store.add(job)
+        return job
     job = record()
     await store.add(job)
     if state is JobState.QUEUED:
@@ -440,6 +455,14 @@ async def apply(store: Store, move: Move, job: JobRecord) -> None:
     """The store operation that ``move`` declares, on ``job``."""
     if move is START:
         await store.start(job.id, 5.0)
+    elif move is DUE:
+        if isinstance(store, RedisStore):  # the shared queue promotes due jobs itself
+            await store.promote(time.time() + 7200)
+        else:
+            await store.due(job.id)
+    elif move is RETRY:
+        failed = FailedAttempt(1, 1.0, 2.0, "boom")
+        await store.retry(job, not_before=time.time() + 3600, error="boom", attempt=failed)
     elif move is FINISH:
         await store.finish(job, JobState.SUCCEEDED, 5.0, result=None, error=None)
     elif move is REQUEUE:

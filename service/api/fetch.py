@@ -8,8 +8,8 @@ import falcon.asgi
 import msgspec
 
 from service import netguard
-from service.api.http import decode_struct, preferred_wait, read_json
-from service.api.jobs import answer_submitted
+from service.api.http import decode_struct, read_json
+from service.api.submitting import answer_submitted, requested_start
 from service.config import Settings
 from service.errors import Invalid
 from service.jobs.layer import JobLayer
@@ -86,9 +86,9 @@ class FetchResource:
             )
         except (netguard.BadURL, netguard.BlockedAddress) as ex:
             raise Invalid(f"refused URL: {ex}") from None
+        start = requested_start(req, horizon_s=self.settings.schedule_max_s)
         record = await self.layer.submit(
             "fetch", {"url": url, "method": method, "limits": self.limits},
-            owner=req.context.owner,
+            owner=req.context.owner, not_before=start,
         )  # fmt: skip
-        wait_s = preferred_wait(req, self.settings.wait_max_s)
-        await answer_submitted(self.layer, req, resp, record, wait_s)
+        await answer_submitted(self.layer, req, resp, record, self.settings)

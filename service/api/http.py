@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -15,7 +14,6 @@ from service.errors import BadRequest, Invalid, TooLarge, UnsupportedMediaType
 
 JSON = "application/json"
 READ_CHUNK = 64 * 1024
-_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*\"?(\d{1,6})\"?", re.IGNORECASE)
 _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 
@@ -118,12 +116,3 @@ def send_struct(resp: falcon.asgi.Response, doc: msgspec.Struct, status: int = 2
     resp.status = status
     resp.content_type = JSON
     resp.data = _encode(doc)
-
-
-def preferred_wait(req: falcon.asgi.Request, wait_max_s: int) -> int:
-    """Seconds of ``Prefer: wait=N`` (RFC 7240), capped at ``wait_max_s``; 0 if absent."""
-    prefer = req.get_header("Prefer")
-    if not prefer:
-        return 0
-    match = _WAIT.search(prefer)
-    return min(int(match.group(1)), wait_max_s) if match else 0

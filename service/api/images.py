@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import falcon.asgi
 
-from service.api.http import preferred_wait, read_body
-from service.api.jobs import answer_submitted
+from service.api.http import read_body
+from service.api.submitting import answer_submitted, requested_start
 from service.config import Settings
 from service.errors import UnsupportedMediaType
 from service.jobs.layer import JobLayer
@@ -43,9 +43,11 @@ class ImagesResource:
         data = await read_body(req, s.image_body_max, setting="JOBPOOL_IMAGE_BODY_MAX")
         info = probe(data, max_pixels=s.image_max_pixels)
         check_request(request, info, max_pixels=s.image_max_pixels)
+        start = requested_start(req, horizon_s=s.schedule_max_s)
         record = await self.layer.submit(
             "image",
             {"data": data, "request": request.to_dict(), "max_pixels": s.image_max_pixels},
             owner=req.context.owner,
+            not_before=start,
         )
-        await answer_submitted(self.layer, req, resp, record, preferred_wait(req, s.wait_max_s))
+        await answer_submitted(self.layer, req, resp, record, s)

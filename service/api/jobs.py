@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import falcon.asgi
 
 from service import ids
-from service.api.http import preferred_wait, send_json, send_struct
+from service.api.http import send_struct
+from service.api.results import result_body
+from service.api.submitting import preferences, retry_after
+from service.config import Settings
 from service.errors import Conflict, JobNotFound
-from service.jobs.document import Submitted, SubmittedState
 from service.jobs.layer import JobLayer
 from service.jobs.record import JobRecord
-from service.jobs.state import JobState
+from service.jobs.state import JobState, is_final
 
 
 async def find_job(layer: JobLayer, req: falcon.asgi.Request, job_id: str) -> JobRecord:
@@ -24,47 +24,54 @@ async def find_job(layer: JobLayer, req: falcon.asgi.Request, job_id: str) -> Jo
     return record
 
 
-def result_body(resp: falcon.asgi.Response, record: JobRecord) -> None:
-    """Answer with the result: binary results as themselves, the rest as JSON."""
-    result = record.result
-    if isinstance(result, dict) and isinstance(result.get("data"), bytes | bytearray):
-        resp.status = 200
-        resp.content_type = str(result.get("content_type") or "application/octet-stream")
-        resp.data = bytes(result["data"])
-        return
-    send_json(resp, result)
+#: Seconds a cancel waits for a running job to stop, past the io grace period: the worker
+#: that runs it may be another, which notices within its stop poll.
+STOP_WAIT_MARGIN_S = 2.0
 
 
 class JobResource:
     """GET a job document (``Prefer: wait=N``: once it is final, or after N s); DELETE
-    cancels a job that has not started. Any worker of any host answers for any job."""
+    cancels it. Any worker of any host answers for any job."""
 
-    def __init__(self, layer: JobLayer, *, wait_max_s: int = 0) -> None:
+    def __init__(self, layer: JobLayer, settings: Settings) -> None:
         self.layer = layer
-        self.wait_max_s = wait_max_s
+        self.settings = settings
 
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
     ) -> None:
         record = await find_job(self.layer, req, job_id)
-        wait_s = preferred_wait(req, self.wait_max_s)
-        if wait_s > 0:
-            resp.set_header("Preference-Applied", f"wait={wait_s}")
-            record = await self.layer.wait(job_id, wait_s) or record
-        send_struct(resp, record.document())
+        prefer = preferences(req, self.settings.wait_max_s)
+        if prefer.wait_s > 0:
+            resp.set_header("Preference-Applied", f"wait={prefer.wait_s}")
+            record = await self.layer.wait(job_id, prefer.wait_s) or record
+        self._document(resp, record)
 
     async def on_delete(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
     ) -> None:
-        await find_job(self.layer, req, job_id)
-        state = await self.layer.cancel(job_id)
-        if state is None:
+        """A job that has not started ends cancelled at once (200); a running one is asked
+        to stop, and the answer waits for it a while: 200 once it ended cancelled, 202 while
+        it still stops; a job that had already ended is 409."""
+        before = await find_job(self.layer, req, job_id)
+        if is_final(before.state):
+            raise Conflict(f"job {job_id} is {before.state.value}; it has ended already")
+        wait_s = self.settings.cancel_grace_s + STOP_WAIT_MARGIN_S
+        record = await self.layer.cancel(job_id, stop_wait_s=wait_s)
+        if record is None:
             raise JobNotFound(f"no job {job_id!r}")
-        if state is not JobState.CANCELLED:
-            raise Conflict(f"job {job_id} is {state.value}; only a queued job can be cancelled")
-        record = await self.layer.get(job_id)
-        assert record is not None
-        send_struct(resp, record.document())
+        if record.state is JobState.CANCELLED:
+            self._document(resp, record)
+        elif is_final(record.state):
+            raise Conflict(f"job {job_id} ended {record.state.value} before it could be stopped")
+        else:
+            self._document(resp, record, status=202)
+
+    def _document(self, resp: falcon.asgi.Response, record: JobRecord, status: int = 200) -> None:
+        hint = retry_after(record, self.settings.poll_hint_s)
+        if hint is not None:
+            resp.set_header("Retry-After", str(hint))
+        send_struct(resp, record.document(), status=status)
 
 
 class JobResultResource:
@@ -81,35 +88,3 @@ class JobResultResource:
             why = f": {record.error}" if record.error else ""
             raise Conflict(f"job {job_id} is {record.state.value} and has no result{why}")
         result_body(resp, record)
-
-
-def accepted(resp: falcon.asgi.Response, record: JobRecord, **extra: Any) -> None:
-    """202 for a stored job, pointing at it."""
-    resp.set_header("Location", f"/v1/jobs/{record.id}")
-    state: SubmittedState = "running" if record.state is JobState.RUNNING else "queued"
-    send_struct(resp, Submitted(job=record.id, state=state, **extra), status=202)
-
-
-async def answer_submitted(
-    layer: JobLayer,
-    req: falcon.asgi.Request,
-    resp: falcon.asgi.Response,
-    record: JobRecord,
-    wait_s: int,
-    **extra: Any,
-) -> None:
-    """202 at once, or with ``Prefer: wait`` the finished job (200) if it ends in time."""
-    req.context.job_id = record.id  # for the access log
-    if wait_s > 0:
-        final = await layer.wait(record.id, wait_s)
-        resp.set_header("Preference-Applied", f"wait={wait_s}")
-        if final is not None and final.state in (JobState.SUCCEEDED, JobState.FAILED,
-                                                 JobState.CANCELLED):  # fmt: skip
-            resp.set_header("Location", f"/v1/jobs/{record.id}")
-            resp.set_header("X-Job-Id", record.id)
-            if final.state is JobState.SUCCEEDED and final.result is not None:
-                result_body(resp, final)
-            else:
-                send_struct(resp, final.document())
-            return
-    accepted(resp, record, **extra)

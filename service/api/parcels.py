@@ -7,8 +7,8 @@ from functools import partial
 import falcon.asgi
 import msgspec
 
-from service.api.http import decode_struct, preferred_wait, read_json, send_json
-from service.api.jobs import answer_submitted
+from service.api.http import decode_struct, read_json, send_json
+from service.api.submitting import answer_submitted, requested_start
 from service.config import Settings
 from service.errors import NotFound
 from service.jobs.layer import JobLayer
@@ -39,11 +39,11 @@ class ParcelsResource:
         items = await read_json(
             req, self.settings.body_max, partial(decode_batch, max_items=max_items)
         )
+        start = requested_start(req, horizon_s=self.settings.schedule_max_s)
         record = await self.layer.submit_batch(
-            "parcel", items, owner=req.context.owner, options=self.options
+            "parcel", items, owner=req.context.owner, options=self.options, not_before=start
         )
-        wait_s = preferred_wait(req, self.settings.wait_max_s)
-        await answer_submitted(self.layer, req, resp, record, wait_s, accepted=len(items))
+        await answer_submitted(self.layer, req, resp, record, self.settings, accepted=len(items))
 
 
 class ParcelResource:

@@ -45,17 +45,25 @@ COST_WEIGHT = 0.2
 Part = tuple["Batch", int, int]
 
 
+#: The reason of an item not run because its batch was stopped (a client's cancel).
+SKIPPED = "skipped: the batch was cancelled"
+
+
 def run_chunk(
-    fn: Callable[..., Any], parts: list[tuple[list[Any], int, int, dict[str, Any]]]
+    fn: Callable[..., Any], parts: list[tuple[list[Any], int, int, dict[str, Any], Batch]]
 ) -> tuple[list[Any], dict[int, str], float]:
     """Run the items of one chunk on a thread, each on its own. Returns each item's value in
-    order (None for one that failed), the reason of each failure by position, and the
-    seconds the chunk took."""
+    order (None for one that failed), the reason of each failure by position (SKIPPED for an
+    item of a batch stopped meanwhile), and the seconds the chunk took."""
     started = time.perf_counter()
     values: list[Any] = []
     failed: dict[int, str] = {}
-    for items, start, stop, options in parts:
+    for items, start, stop, options, batch in parts:
         for index in range(start, stop):
+            if batch.halted:  # set on the loop; read here between items
+                failed[len(values)] = SKIPPED
+                values.append(None)
+                continue
             try:
                 values.append(fn(items[index], **options))
             except Exception as ex:  # an item's failure is its own, never the chunk's
@@ -114,11 +122,13 @@ class Batch:
         "error",
         "failed",
         "failures",
+        "halted",
         "hold",
         "keyed",
         "left",
         "on_end",
         "record",
+        "skipped",
         "spec",
         "state",
         "unconfirmed",
@@ -139,6 +149,9 @@ class Batch:
         self.left = len(record.items)
         self.done = 0
         self.failed = 0
+        #: Items not run because a client stopped the batch (``halted``).
+        self.skipped = 0
+        self.halted = False
         self.failures: list[dict[str, Any]] = []
         #: (key, value) of items that succeeded since the last write.
         self.keyed: list[tuple[str, Any]] = []
@@ -171,6 +184,11 @@ class Batch:
         total = self.done + self.failed
         failures = sorted(self.failures, key=lambda f: int(f["index"]))
         result = {"total": total, "done": self.done, "failed": self.failed, "failures": failures}
+        if self.halted:
+            result["skipped"] = self.skipped
+            return JobEnd(
+                self.record, JobState.CANCELLED, result, None, self._final_progress(), "stopped"
+            )
         if not failures:
             return JobEnd(self.record, JobState.SUCCEEDED, result, None, self._final_progress())
         error = f"{self.failed} of {total} items failed; first: {failures[0]['error']}"
@@ -246,7 +264,7 @@ class BatchRunner:
                 for batch, start, stop in parts:
                     # The chunk's places go back when its thread is done (see _done).
                     batch.hold.take(stop - start)
-                    payload.append((batch.record.items, start, stop, batch.record.args))
+                    payload.append((batch.record.items, start, stop, batch.record.args, batch))
                 count = sum(stop - start for _, start, stop in parts)
                 chunk.timer = loop.call_later(spec.timeout_s * count, self._chunk_late, chunk)
                 self.chunks_in_flight += 1
@@ -295,6 +313,9 @@ class BatchRunner:
                 for index in range(start, stop):
                     item, value = items[index], values[at + index - start]
                     reason = failed.get(at + index - start)
+                    if reason is SKIPPED:
+                        batch.skipped += 1
+                        continue
                     key = key_of(item) if key_of is not None else None
                     if reason is None:
                         batch.done += 1
@@ -369,6 +390,15 @@ class BatchRunner:
         self.running.pop(batch.record.id, None)
         if not self.running and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
+
+    def stop(self, job_id: str) -> bool:
+        """Stop a running batch (a client's cancel): items not yet run are skipped, and it
+        ends cancelled; False if no such batch runs here."""
+        batch = self.running.get(job_id)
+        if batch is None:
+            return False
+        batch.halted = True
+        return True
 
     def abandon(self, batch: Batch) -> None:
         """Stop tracking ``batch`` (its run was cut off): later results of it are dropped."""

@@ -15,18 +15,21 @@ borrowing costs memory only while the load is uneven.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import heapq
 import logging
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from service import logs
+from service.jobs.context import RunContext, run_in
 from service.jobs.failures import ProcessDied, TaskTimeout
 from service.jobs.tokens import HostTokens
 
@@ -37,7 +40,13 @@ PR_SET_PDEATHSIG = 1
 SPARE_IDLE_S = 30.0
 
 
-def _child_init(nice: int, log_level: str) -> None:
+#: In a cpu process: where its tasks' progress goes (to the worker's reader thread).
+_reports: Any = None
+
+
+def _child_init(nice: int, log_level: str, reports: Any) -> None:
+    global _reports
+    _reports = reports
     # The same JSON lines as the worker: a task's log calls show up like any other.
     logs.configure(log_level)
     # Below the HTTP side in priority, so requests stay fast while the cpu pool is saturated.
@@ -51,9 +60,22 @@ def _child_init(nice: int, log_level: str) -> None:
         pass
 
 
+def _run_in_child(job_id: str, attempt: int, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """A job's function in a cpu process, with a run context whose progress crosses back."""
+
+    def report(done: int, total: int | None, message: str | None) -> None:
+        _reports.put((job_id, done, total, message))
+
+    return run_in(RunContext(job_id, attempt, report=report), fn, **kwargs)
+
+
 class CpuPool:
     """``await pool.run(fn, args, kwargs, timeout_s)`` on one of ``processes`` slots, of
-    which the first ``keep`` (default: all) keep their process when idle."""
+    which the first ``keep`` (default: all) keep their process when idle.
+
+    Cancelling a run (its awaiting task) stops its process; a job's progress reports reach
+    its :class:`~service.jobs.context.RunContext` in the worker, on the event loop.
+    """
 
     def __init__(
         self,
@@ -80,6 +102,10 @@ class CpuPool:
         self._room = asyncio.Semaphore(processes)
         self._free = list(range(processes))  # a heap: the lowest free slot is used first
         self._used = [0] * processes  # runs started per slot, to tell idle spares
+        self._reports = self._context.SimpleQueue()
+        self._reader: threading.Thread | None = None
+        #: The run contexts of jobs running here, by job id (for their reports).
+        self._running: dict[str, RunContext] = {}
 
     def _executor(self, slot: int) -> ProcessPoolExecutor:
         executor = self._slots[slot]
@@ -88,7 +114,7 @@ class CpuPool:
                 1,
                 mp_context=self._context,
                 initializer=_child_init,
-                initargs=(self.nice, self.log_level),
+                initargs=(self.nice, self.log_level, self._reports),
             )
             self._slots[slot] = executor
         return executor
@@ -99,13 +125,21 @@ class CpuPool:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout_s: float,
+        context: RunContext | None = None,
     ) -> Any:
         async with self._room, self._tokens.hold():
             slot = heapq.heappop(self._free)
             self.busy += 1
             self._used[slot] += 1
             try:
-                future = self._executor(slot).submit(fn, *args, **kwargs)
+                if context is None:
+                    future = self._executor(slot).submit(fn, *args, **kwargs)
+                else:
+                    self._listen()
+                    self._running[context.job_id] = context
+                    future = self._executor(slot).submit(
+                        _run_in_child, context.job_id, context.attempt, fn, kwargs
+                    )
                 try:
                     return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
                 except TimeoutError:
@@ -121,12 +155,33 @@ class CpuPool:
                     self._replace(slot, kill=True)
                     raise
             finally:
+                if context is not None:
+                    self._running.pop(context.job_id, None)
                 self.busy -= 1
                 heapq.heappush(self._free, slot)
                 if slot >= self.keep:
                     asyncio.get_running_loop().call_later(
                         self.spare_idle_s, self._retire, slot, self._used[slot]
                     )
+
+    def _listen(self) -> None:
+        """Start the thread that hands the processes' progress reports to the loop."""
+        if self._reader is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def read() -> None:
+            while (message := self._reports.get()) is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                    loop.call_soon_threadsafe(self._deliver, *message)
+
+        self._reader = threading.Thread(target=read, name="jobpool-cpu-reports", daemon=True)
+        self._reader.start()
+
+    def _deliver(self, job_id: str, done: int, total: int | None, message: str | None) -> None:
+        context = self._running.get(job_id)
+        if context is not None:
+            context.progress(done, total, message)
 
     def _retire(self, slot: int, runs: int) -> None:
         """Stop a spare slot's process if it ran nothing since ``runs`` and is free."""
@@ -149,6 +204,9 @@ class CpuPool:
         executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self, *, wait: bool) -> None:
+        if self._reader is not None:
+            self._reports.put(None)  # the reader's end
+            self._reader = None
         for slot, executor in enumerate(self._slots):
             if executor is not None:
                 if not wait:

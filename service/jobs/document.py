@@ -14,10 +14,14 @@ from service.ids import PATTERN as ID_PATTERN
 from service.jobs.state import JobState
 
 __all__ = [
+    "AttemptDocument",
+    "CancelDocument",
+    "CancelHow",
     "Count",
     "ItemCounts",
     "JobDocument",
     "JobId",
+    "ProgressDocument",
     "Submitted",
     "SubmittedState",
     "Timestamp",
@@ -26,8 +30,10 @@ __all__ = [
 JobId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 #: RFC 3339, UTC, milliseconds: ``2026-01-05T10:00:00.123Z``.
-#: A job just stored is either.
-SubmittedState = Literal["queued", "running"]
+#: How a cancelled job was stopped (see :class:`CancelDocument`).
+CancelHow = Literal["dequeued", "terminated", "stopped", "abandoned"]
+#: A job just stored: scheduled (to start later), queued or running.
+SubmittedState = Literal["scheduled", "queued", "running"]
 Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 
 
@@ -39,10 +45,39 @@ class ItemCounts(msgspec.Struct, forbid_unknown_fields=True):
     failed: Count
 
 
+class AttemptDocument(msgspec.Struct, forbid_unknown_fields=True):
+    """An attempt that failed and was retried."""
+
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    started_at: Timestamp
+    finished_at: Timestamp
+    error: str
+
+
+class ProgressDocument(msgspec.Struct, forbid_unknown_fields=True):
+    """How far the task said it got: ``done`` of ``total`` (when it knows), and a word."""
+
+    done: Count
+    total: Count | None
+    message: str | None
+
+
+class CancelDocument(msgspec.Struct, forbid_unknown_fields=True):
+    """A cancel: when a running job was asked to stop, and how the job was stopped
+    (``dequeued``: it had not started; ``terminated``: its cpu process was stopped;
+    ``stopped``: its task saw the request; ``abandoned``: it did not stop within the grace
+    period, its result is thrown away); ``how`` is null while a running job stops."""
+
+    requested_at: Timestamp | None
+    how: CancelHow | None
+
+
 class JobDocument(msgspec.Struct, forbid_unknown_fields=True):
     """A job's state: ``job`` is its name (``parcel``, ...), ``attempts`` how many times it
-    was started (a run cut off by a crash is started again), ``error`` why it failed, and
-    ``items`` a batch's counts."""
+    was started, ``error`` why its last attempt failed, ``next_attempt_at`` when a scheduled
+    job starts (a delayed submit, or a retry), ``items`` a batch's counts,
+    ``failed_attempts`` the attempts that failed and were retried, ``progress`` what a task
+    said of how far it got, ``cancel`` how a cancel went."""
 
     id: JobId
     job: str
@@ -52,7 +87,11 @@ class JobDocument(msgspec.Struct, forbid_unknown_fields=True):
     finished_at: Timestamp | None
     attempts: Count
     error: str | None
+    next_attempt_at: Timestamp | None = None
     items: ItemCounts | msgspec.UnsetType = msgspec.UNSET
+    failed_attempts: list[AttemptDocument] | msgspec.UnsetType = msgspec.UNSET
+    progress: ProgressDocument | msgspec.UnsetType = msgspec.UNSET
+    cancel: CancelDocument | msgspec.UnsetType = msgspec.UNSET
 
 
 class Submitted(msgspec.Struct, forbid_unknown_fields=True):

@@ -37,6 +37,15 @@ class JobEvents:
     def finished(self, job: str, state: JobState, ran_s: float | None) -> None:
         """A job ended in a final ``state`` after running ``ran_s`` seconds (None: never ran)."""
 
+    def retried(self, job: str) -> None:
+        """A failed attempt of ``job`` is to run again (its job is scheduled)."""
+
+    def scheduled(self, job: str) -> None:
+        """A job ``job`` was stored to start later (a delayed submit)."""
+
+    def cancelled(self, job: str, how: str) -> None:
+        """A job ``job`` was cancelled: ``how`` (dequeued, terminated, stopped, abandoned)."""
+
 
 @dataclass(frozen=True)
 class PoolStats:
@@ -53,3 +62,5 @@ class PoolStats:
     #: Tasks admitted and not yet done (queued or running), and the bound where 503 starts.
     admitted_tasks: int
     admission_limit: int
+    #: Jobs of the pool waiting here for their time (delayed, or a retry's backoff).
+    scheduled_jobs: int = 0

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_REQUEUE_S = 5.0
 #: How often a wait on a job that runs elsewhere reads it again (seconds).
 WAIT_POLL_S = 0.1
+#: How often a worker running jobs looks for requests to stop them (seconds).
+STOP_POLL_S = 0.25
 
 
 class JobLayer:
@@ -67,6 +69,7 @@ class JobLayer:
         admission_wait_s: float,
         max_attempts: int,
         janitor_interval_s: float,
+        stop_grace_s: float = 10.0,
         clock: Callable[[], float] = time.time,
         id_factory: Callable[[], str] = new_id,
         quota: Quota | None = None,
@@ -104,6 +107,7 @@ class JobLayer:
             clock=clock,
             unwritten=self.unwritten,
             max_attempts=max_attempts,
+            stop_grace_s=stop_grace_s,
         )
         self.lanes = Lanes(
             {
@@ -125,10 +129,12 @@ class JobLayer:
                 clock=clock,
             )
             if store.shares_queue
-            else LocalQueue(self.lanes)
+            else LocalQueue(store=store, lanes=self.lanes, admissions=self.admissions, clock=clock)
         )
+        self.runner.retried = self._retried
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._janitor: asyncio.Task[None] | None = None
+        self._stops: asyncio.Task[None] | None = None
         self.draining = False
 
     # -- life cycle -------------------------------------------------------------------
@@ -152,6 +158,7 @@ class JobLayer:
             ),
             name="jobpool-janitor",
         )
+        self._stops = asyncio.create_task(self._stop_loop(), name="jobpool-stops")
         await self.queue.start()
 
     async def close(self, *, drain_s: float) -> None:
@@ -162,10 +169,11 @@ class JobLayer:
         """
         self.draining = True
         self.lanes.stopped = True
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        for helper in (self._janitor, self._stops):
+            if helper is not None:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
         await self.queue.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_s
@@ -204,6 +212,9 @@ class JobLayer:
         """Jobs accepted earlier (by this slot before a restart, or adopted) wait here."""
         for record in records:
             pool = self._pool_of(record)
+            if record.state is JobState.SCHEDULED:
+                self.queue.schedule(pool, record)
+                continue
             places = len(record.items) if record.items is not None else 1
             self.lanes.add(
                 pool, Waiting(record, self.admissions.readmit(pool, record.owner, places))
@@ -216,25 +227,41 @@ class JobLayer:
 
     # -- submitting -------------------------------------------------------------------
 
-    async def submit(self, name: str, args: dict[str, Any], *, owner: str) -> JobRecord:
-        """Store the job ``name`` with keyword ``args`` and start it; raises Overloaded."""
-        return await self._accept(self.registry.get(name), args, None, owner)
+    async def submit(
+        self, name: str, args: dict[str, Any], *, owner: str, not_before: float | None = None
+    ) -> JobRecord:
+        """Store the job ``name`` with keyword ``args`` and start it (or, with
+        ``not_before`` in the future, schedule it); raises Overloaded."""
+        return await self._accept(self.registry.get(name), args, None, owner, not_before)
 
     async def submit_batch(
-        self, name: str, items: list[Any], *, owner: str, options: dict[str, Any] | None = None
+        self,
+        name: str,
+        items: list[Any],
+        *,
+        owner: str,
+        options: dict[str, Any] | None = None,
+        not_before: float | None = None,
     ) -> JobRecord:
         """One job of ``len(items)`` tasks: ``fn(item, **options)`` for each item."""
         spec = self.registry.get(name)
         if spec.pool != "io" or spec.is_async:
             raise ValueError(f"job {name!r}: batches run on io threads, not {spec.pool!r}")
-        return await self._accept(spec, options or {}, items, owner)
+        return await self._accept(spec, options or {}, items, owner, not_before)
 
     async def _accept(
-        self, spec: JobSpec, args: dict[str, Any], items: list[Any] | None, owner: str
+        self,
+        spec: JobSpec,
+        args: dict[str, Any],
+        items: list[Any] | None,
+        owner: str,
+        not_before: float | None,
     ) -> JobRecord:
         if self.draining:
             self.events.rejected(spec.name, ev.SHUTTING_DOWN)
             raise ShuttingDown("this worker is shutting down; retry on another")
+        if not_before is not None and not_before > self.clock():
+            return await self._accept_later(spec, args, items, owner, not_before)
         pool = spec.pool
         hold = await self.admissions.admit(
             spec.name, pool, owner, 1 if items is None else len(items)
@@ -278,6 +305,41 @@ class JobLayer:
                 record = record.replace(state=JobState.QUEUED, started_at=None, attempts=0)
             self.queue.enqueue(pool, record, hold)
         return record
+
+    async def _accept_later(
+        self,
+        spec: JobSpec,
+        args: dict[str, Any],
+        items: list[Any] | None,
+        owner: str,
+        not_before: float,
+    ) -> JobRecord:
+        """A job that may start only at ``not_before``: stored scheduled. It takes no place
+        in a pool and does not count in flight until then (it is admitted, past the
+        bounds, when its time comes, as a job resumed after a restart is)."""
+        record = JobRecord(
+            id=self.new_id(),
+            name=spec.name,
+            owner=owner,
+            state=JobState.SCHEDULED,
+            created_at=self.clock(),
+            args=args,
+            items=items,
+            not_before=not_before,
+        )
+        try:
+            await self.store.add(record)
+        except BaseException as ex:
+            self._refused(spec.name, ex)
+            raise
+        self.events.accepted(spec.name, spec.pool)
+        self.events.scheduled(spec.name)
+        self.queue.schedule(spec.pool, record)
+        return record
+
+    def _retried(self, record: JobRecord) -> None:
+        """A failed attempt will run again: the job waits for its time."""
+        self.queue.schedule(self._pool_of(record), record)
 
     def _refused(self, name: str, ex: BaseException) -> None:
         """Count a submit the store refused, by why."""
@@ -355,26 +417,50 @@ class JobLayer:
             job_id in self.runner.tasks
             or job_id in self.batches.running
             or self.lanes.holds(job_id)
-        )
+        )  # a scheduled job is polled: its wait may outlast its timer here
 
     def _wake(self, job_id: str) -> None:
         for future in self._waiters.pop(job_id, ()):
             if not future.done():
                 future.set_result(None)
 
-    async def cancel(self, job_id: str) -> JobState | None:
-        """Cancel a job that has not started; the state after the attempt (None: no job)."""
+    async def cancel(self, job_id: str, stop_wait_s: float = 0.0) -> JobRecord | None:
+        """Cancel a job: one that has not started ends at once; a running one is asked to
+        stop (see the runner), and this waits up to ``stop_wait_s`` for it to end. Returns
+        the job after (None: no such job)."""
         before = await self.store.get(job_id)
         state = await self.store.cancel(job_id, self.clock())
-        if before is not None and before.state is JobState.QUEUED and state is JobState.CANCELLED:
+        if state is None or before is None:
+            return None
+        if before.state in (JobState.SCHEDULED, JobState.QUEUED) and state is JobState.CANCELLED:
             self.events.finished(before.name, JobState.CANCELLED, None)
+            self.events.cancelled(before.name, "dequeued")
+            self.queue.unschedule(job_id)
             # Waiting here, it gives back its places and its client's count now, not when
             # its turn would have come (one waiting in another worker is skipped there).
             job = self.lanes.drop(job_id)
             if job is not None:
                 job.hold.release()
-                self._wake(job_id)
-        return state
+            self._wake(job_id)
+        elif state is JobState.RUNNING:
+            self.runner.stop(job_id)  # here at once; elsewhere its worker's poll finds it
+            if stop_wait_s > 0:
+                return await self.wait(job_id, stop_wait_s)
+        return await self.store.get(job_id)
+
+    async def _stop_loop(self) -> None:
+        """Stop the running jobs clients cancelled through other workers (or hosts)."""
+        while True:
+            await asyncio.sleep(STOP_POLL_S)
+            if not (self.runner.tasks or self.batches.running):
+                continue
+            try:
+                for job_id in await self.store.stop_requests():
+                    self.runner.stop(job_id)
+            except StoreUnavailable as ex:
+                log.error("stop requests: %s", ex.detail)
+            except Exception:
+                log.exception("stop requests failed")
 
     # -- answers within one request ---------------------------------------------------
 
@@ -415,6 +501,7 @@ class JobLayer:
                     slots=slots,
                     admitted_tasks=admission.in_use,
                     admission_limit=admission.capacity,
+                    scheduled_jobs=self.queue.scheduled(pool),
                 )
             )
         return stats

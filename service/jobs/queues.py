@@ -1,11 +1,14 @@
 """Where a stored job waits when it cannot start at once: the strategy, chosen once.
 
 - :class:`LocalQueue` (SQLite): in the lane of the worker that accepted it. Each worker runs
-  what it accepted (and what it adopts from a dead worker's shard).
+  what it accepted (and what it adopts from a dead worker's shard); a scheduled job (delayed,
+  or waiting for a retry) waits for its time on a timer of that worker, and is scheduled
+  again from the store after a restart.
 - :class:`SharedQueue` (Redis, a fleet): in the store, where any worker of any host with room
   takes it (:meth:`~service.jobs.store.Store.claim`): when one of its jobs ends while the
   queue held more, and every ``PULL_INTERVAL_S`` for work other hosts queued. A busy host
-  then never sits on work an idle one could run.
+  then never sits on work an idle one could run. Scheduled jobs wait in the store too, and
+  a claim moves those whose time has come to the queue first, so any host runs them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from service.jobs.hold import Admissions, Hold
 from service.jobs.lanes import Lanes, Waiting
 from service.jobs.record import JobRecord
 from service.jobs.registry import POOLS, Pool
+from service.jobs.state import JobState
 from service.jobs.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,25 +44,82 @@ class Queue(Protocol):
     def enqueue(self, pool: Pool, record: JobRecord, hold: Hold) -> None:
         """``record`` was stored queued: it waits for a place."""
 
+    def schedule(self, pool: Pool, record: JobRecord) -> None:
+        """``record`` was stored scheduled: it waits for ``record.not_before``."""
+
+    def unschedule(self, job_id: str) -> bool:
+        """A scheduled job was cancelled: stop waiting for it; whether it waited here."""
+
+    def scheduled(self, pool: Pool) -> int:
+        """Jobs of ``pool`` waiting here for their time."""
+
     def freed(self, pool: Pool, suspect: bool = False) -> None:
         """A place of ``pool`` was freed (every pool's, after a suspect)."""
 
 
 class LocalQueue:
-    """A job waits in this worker's lane."""
+    """A job waits in this worker's lane; a scheduled one on a timer of this worker."""
 
-    def __init__(self, lanes: Lanes) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        lanes: Lanes,
+        admissions: Admissions,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
         self.lanes = lanes
+        self.admissions = admissions
+        self.clock = clock
+        self._timers: dict[str, tuple[Pool, asyncio.TimerHandle]] = {}
+        self._moving: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         pass
 
     async def stop(self) -> None:
-        pass
+        # They stay scheduled in the store: the next start of this shard schedules them.
+        for _, timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
 
     def enqueue(self, pool: Pool, record: JobRecord, hold: Hold) -> None:
         self.lanes.add(pool, Waiting(record, hold))
         self.lanes.pump(pool)
+
+    def schedule(self, pool: Pool, record: JobRecord) -> None:
+        delay = max(0.0, (record.not_before or 0.0) - self.clock())
+        timer = asyncio.get_running_loop().call_later(delay, self._due, pool, record)
+        self._timers[record.id] = (pool, timer)
+
+    def unschedule(self, job_id: str) -> bool:
+        found = self._timers.pop(job_id, None)
+        if found is not None:
+            found[1].cancel()
+        return found is not None
+
+    def scheduled(self, pool: Pool) -> int:
+        return sum(p == pool for p, _ in self._timers.values())
+
+    def _due(self, pool: Pool, record: JobRecord) -> None:
+        self._timers.pop(record.id, None)
+        task = asyncio.get_running_loop().create_task(self._queue(pool, record))
+        self._moving.add(task)
+        task.add_done_callback(self._moving.discard)
+
+    async def _queue(self, pool: Pool, record: JobRecord) -> None:
+        """Its time has come: queued in the store, then it waits here for a place."""
+        try:
+            if not await self.store.due(record.id):
+                return  # cancelled meanwhile
+        except StoreUnavailable:
+            # Still scheduled in the store: try again soon (the store logged why).
+            self.schedule(pool, record.replace(not_before=self.clock() + PULL_RETRY_S))
+            return
+        places = len(record.items) if record.items is not None else 1
+        hold = self.admissions.readmit(pool, record.owner, places)  # accepted already
+        self.enqueue(pool, record.replace(state=JobState.QUEUED), hold)
 
     def freed(self, pool: Pool, suspect: bool = False) -> None:
         pass  # the lanes start what waits for the place
@@ -107,6 +168,15 @@ class SharedQueue:
         self._queued_meanwhile[pool] = True
         if self.lanes.room(pool):
             self._pull_now.set()
+
+    def schedule(self, pool: Pool, record: JobRecord) -> None:
+        pass  # it waits in the store; a claim moves it to the queue when it is due
+
+    def unschedule(self, job_id: str) -> bool:
+        return False
+
+    def scheduled(self, pool: Pool) -> int:
+        return 0
 
     def freed(self, pool: Pool, suspect: bool = False) -> None:
         if self._more[pool] or suspect:

@@ -8,8 +8,37 @@ from typing import Any
 
 import msgspec
 
-from service.jobs.document import ItemCounts, JobDocument
+from service.jobs.document import (
+    AttemptDocument,
+    CancelDocument,
+    CancelHow,
+    ItemCounts,
+    JobDocument,
+    ProgressDocument,
+)
 from service.jobs.state import JobState
+
+
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    """One attempt of a job that failed and was retried."""
+
+    attempt: int
+    started_at: float
+    finished_at: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a task said it got."""
+
+    done: int
+    total: int | None = None
+    message: str | None = None
+
+    def document(self) -> ProgressDocument:
+        return ProgressDocument(done=self.done, total=self.total, message=self.message)
 
 
 @dataclass(frozen=True)
@@ -30,9 +59,21 @@ class JobRecord:
     #: Its last run was cut off by a crash (the process running it is gone): it may be what
     #: crashed it, so it runs alone next time.
     interrupted: bool = False
+    #: How many of its runs crashes cut off (bounded by JOBPOOL_MAX_ATTEMPTS).
+    interruptions: int = 0
     result: Any = None
     done: int = 0
     failed: int = 0
+    #: When a scheduled job may start (Unix seconds): its delay, or its next retry.
+    not_before: float | None = None
+    #: Its attempts that failed and were retried, oldest first.
+    failed_attempts: tuple[FailedAttempt, ...] = ()
+    #: When a client asked its run to stop (it was running then).
+    cancel_requested_at: float | None = None
+    #: How a cancelled job was stopped (see :class:`~service.jobs.document.CancelDocument`).
+    cancelled_how: CancelHow | None = None
+    #: What its task last said of how far it got.
+    progress: Progress | None = None
 
     @property
     def total(self) -> int | None:
@@ -48,14 +89,38 @@ class JobRecord:
             job=self.name,
             state=self.state,
             created_at=_iso(self.created_at),
-            started_at=None if self.started_at is None else _iso(self.started_at),
-            finished_at=None if self.finished_at is None else _iso(self.finished_at),
+            started_at=_maybe_iso(self.started_at),
+            finished_at=_maybe_iso(self.finished_at),
             attempts=self.attempts,
             error=self.error,
+            next_attempt_at=_maybe_iso(self.not_before)
+            if self.state is JobState.SCHEDULED
+            else None,
             items=msgspec.UNSET
             if self.items is None
             else ItemCounts(total=len(self.items), done=self.done, failed=self.failed),
+            failed_attempts=[
+                AttemptDocument(
+                    attempt=a.attempt,
+                    started_at=_iso(a.started_at),
+                    finished_at=_iso(a.finished_at),
+                    error=a.error,
+                )
+                for a in self.failed_attempts
+            ]
+            if self.failed_attempts
+            else msgspec.UNSET,
+            progress=msgspec.UNSET if self.progress is None else self.progress.document(),
+            cancel=msgspec.UNSET
+            if self.cancel_requested_at is None and self.cancelled_how is None
+            else CancelDocument(
+                requested_at=_maybe_iso(self.cancel_requested_at), how=self.cancelled_how
+            ),
         )
+
+
+def _maybe_iso(ts: float | None) -> str | None:
+    return None if ts is None else _iso(ts)
 
 
 def _iso(ts: float) -> str:
@@ -99,3 +164,35 @@ class JobEnd:
     result: Any = None
     error: str | None = None
     progress: BatchProgress | None = None
+    #: How a cancelled job was stopped.
+    how: CancelHow | None = None
+    #: What its task last said of how far it got, if it has not been written yet.
+    reported: Progress | None = None
+
+
+def encode_attempts(attempts: tuple[FailedAttempt, ...]) -> bytes | None:
+    """The failed attempts as the stores keep them (JSON); None for none."""
+    if not attempts:
+        return None
+    return msgspec.json.encode([
+        [a.attempt, a.started_at, a.finished_at, a.error] for a in attempts
+    ])  # fmt: skip
+
+
+def decode_attempts(blob: bytes | None) -> tuple[FailedAttempt, ...]:
+    if not blob:
+        return ()
+    return tuple(FailedAttempt(*entry) for entry in msgspec.json.decode(blob))
+
+
+def encode_progress(progress: Progress | None) -> bytes | None:
+    if progress is None:
+        return None
+    return msgspec.json.encode([progress.done, progress.total, progress.message])
+
+
+def decode_progress(blob: bytes | None) -> Progress | None:
+    if not blob:
+        return None
+    done, total, message = msgspec.json.decode(blob)
+    return Progress(done, total, message)

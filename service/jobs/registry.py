@@ -12,9 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from service.jobs.retry import Backoff
+
 Pool = Literal["io", "cpu"]
 POOLS: tuple[Pool, ...] = ("io", "cpu")
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_BACKOFF = Backoff()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +32,10 @@ class JobSpec:
     timeout_s: float
     #: For batch jobs: names an item's result for later look-up (e.g. a parcel's id).
     item_key: Callable[[Any], str] | None = None
+    #: Failed attempts that are run again (a batch's items are not retried).
+    retries: int = 0
+    #: The wait before each retry.
+    backoff: Backoff = DEFAULT_BACKOFF
 
     @property
     def is_async(self) -> bool:
@@ -49,6 +56,8 @@ class Registry:
             raise ValueError(f"job {spec.name!r}: timeout must be positive")
         if spec.is_async and (spec.pool != "io" or spec.item_key is not None):
             raise ValueError(f"job {spec.name!r}: a coroutine job runs on the io pool, alone")
+        if spec.retries < 0:
+            raise ValueError(f"job {spec.name!r}: retries must be 0 or more")
         known = self._specs.get(spec.name)
         if known is not None and known.fn is not spec.fn:
             raise ValueError(f"job {spec.name!r} is already registered to {known.fn!r}")
@@ -79,11 +88,15 @@ class Registry:
         pool: Pool,
         timeout: float = DEFAULT_TIMEOUT_S,
         item_key: Callable[[Any], str] | None = None,
+        retries: int = 0,
+        backoff: Backoff = DEFAULT_BACKOFF,
     ) -> Callable[[F], F]:
         """Decorator: register a module-level function as the job ``name``.
 
         ``timeout`` is seconds per call (for a batch, per item). The function takes and
         returns plain data (it may cross into another process and is stored for re-runs).
+        A failed run (it raised, timed out, or its process died) is run again up to
+        ``retries`` times, ``backoff`` apart (see :mod:`service.jobs.retry`).
         """
 
         def register(fn: F) -> F:
@@ -91,7 +104,15 @@ class Registry:
                 # A cpu job crosses into another process by name; a closure cannot.
                 raise ValueError(f"job {name!r}: {fn.__qualname__} must be module-level")
             self.add(
-                JobSpec(name=name, fn=fn, pool=pool, timeout_s=float(timeout), item_key=item_key)
+                JobSpec(
+                    name=name,
+                    fn=fn,
+                    pool=pool,
+                    timeout_s=float(timeout),
+                    item_key=item_key,
+                    retries=retries,
+                    backoff=backoff,
+                )
             )
             return fn
 

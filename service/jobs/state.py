@@ -15,6 +15,8 @@ from enum import StrEnum
 class JobState(StrEnum):
     """Where a job is in its life; serialises as its value."""
 
+    #: Waits for its time: a submit that asked to start later, or a retry's backoff.
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -23,7 +25,9 @@ class JobState(StrEnum):
 
 
 FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-UNFINISHED = frozenset({JobState.QUEUED, JobState.RUNNING})
+UNFINISHED = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
+#: Jobs that hold a place in a pool's queue or run (what a client's in-flight cap counts).
+IN_FLIGHT = frozenset({JobState.QUEUED, JobState.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -44,18 +48,27 @@ class Move:
         return " or ".join(f"{var} == '{s.value}'" for s in sorted(self.sources))
 
 
-#: A new job: stored running when a place is free at once, else queued.
-ADD = Move("add", frozenset(), frozenset({JobState.QUEUED, JobState.RUNNING}))
+#: A new job: stored running when a place is free at once, else queued; scheduled when it
+#: may start only later.
+ADD = Move("add", frozenset(), UNFINISHED)
+#: A scheduled job's time has come: it waits for a place like any other.
+DUE = Move("due", frozenset({JobState.SCHEDULED}), frozenset({JobState.QUEUED}))
 #: A waiting job gets its place (a worker's lane, or a claim from a shared queue).
 START = Move("start", frozenset({JobState.QUEUED}), frozenset({JobState.RUNNING}))
-#: A run ends. A queued job may end too: its arguments were lost, or it gave up.
-FINISH = Move("finish", UNFINISHED, frozenset({JobState.SUCCEEDED, JobState.FAILED}))
+#: A run ends (cancelled: it was stopped on a client's request). A queued job may end too:
+#: its arguments were lost.
+FINISH = Move("finish", IN_FLIGHT, FINAL)
+#: A run failed and the job has retries left: it waits for its next attempt.
+RETRY = Move("retry", frozenset({JobState.RUNNING}), frozenset({JobState.SCHEDULED}))
 #: A run was cut off (a shutdown, or a crash found later): the job runs again.
 REQUEUE = Move("requeue", frozenset({JobState.RUNNING}), frozenset({JobState.QUEUED}))
-#: A client cancels a job that has not started.
-CANCEL = Move("cancel", frozenset({JobState.QUEUED}), frozenset({JobState.CANCELLED}))
+#: A client cancels a job that has not started (a running one is asked to stop instead,
+#: and ends cancelled through FINISH).
+CANCEL = Move(
+    "cancel", frozenset({JobState.SCHEDULED, JobState.QUEUED}), frozenset({JobState.CANCELLED})
+)
 
-MOVES = (ADD, START, FINISH, REQUEUE, CANCEL)
+MOVES = (ADD, DUE, START, FINISH, RETRY, REQUEUE, CANCEL)
 
 
 def is_final(state: JobState) -> bool:
@@ -69,10 +82,17 @@ def can_move(src: JobState, dst: JobState) -> bool:
 
 
 def can_cancel(state: JobState) -> bool:
-    """Only a job that has not started can be cancelled (a running task cannot be recalled)."""
+    """Whether a cancel ends the job at once (it has not started); a running one is asked
+    to stop, and ends cancelled once it has."""
     return state in CANCEL.sources
 
 
-def after_interruption(attempts: int, max_attempts: int) -> JobState:
-    """State of a job whose run was cut off (its process died or stopped) after ``attempts``."""
-    return JobState.QUEUED if attempts < max_attempts else JobState.FAILED
+def can_stop(state: JobState) -> bool:
+    """Whether a cancel asks the job's run to stop."""
+    return state is JobState.RUNNING
+
+
+def after_interruption(interruptions: int, max_attempts: int) -> JobState:
+    """State of a job whose runs were cut off ``interruptions`` times (by crashes of the
+    processes running it): it runs again up to ``max_attempts`` runs, then fails."""
+    return JobState.QUEUED if interruptions < max_attempts else JobState.FAILED

@@ -6,7 +6,8 @@ import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from service.jobs.record import BatchProgress, JobEnd, JobRecord
+from service.jobs.document import CancelHow
+from service.jobs.record import BatchProgress, FailedAttempt, JobEnd, JobRecord, Progress
 from service.jobs.registry import Pool
 from service.jobs.state import JobState
 
@@ -71,11 +72,31 @@ class Store(Protocol):
         result: Any = None,
         error: str | None,
         progress: BatchProgress | None = None,
+        how: CancelHow | None = None,
+        reported: Progress | None = None,
     ) -> None:
-        """running → a final state, with the result or the error (and a batch's last items)."""
+        """running → a final state, with the result or the error (and a batch's last items,
+        how a cancelled job was stopped, its task's last progress)."""
 
     async def finish_many(self, ends: Sequence[JobEnd], now: float) -> None:
         """:meth:`finish` for several jobs in one write (the layer ends jobs in groups)."""
+
+    async def due(self, job_id: str) -> bool:
+        """scheduled -> queued (its time has come); False if it is no longer scheduled.
+        A shared queue moves due jobs itself (:meth:`claim`): there, this does nothing."""
+
+    async def retry(
+        self, record: JobRecord, *, not_before: float, error: str, attempt: FailedAttempt
+    ) -> bool:
+        """running -> scheduled for its next attempt at ``not_before``, the failed
+        ``attempt`` recorded; False if it was not running (it was cancelled)."""
+
+    async def report(self, job_id: str, progress: Progress) -> None:
+        """Keep what a running job's task said of how far it got."""
+
+    async def stop_requests(self) -> list[str]:
+        """Running jobs a client asked to stop that may run in this worker (its own, or any
+        of the fleet's for a shared store); a request goes once its job has ended."""
 
     async def requeue(self, job_id: str, *, error: str | None) -> None:
         """running → queued: its run was cut off and it will run again."""

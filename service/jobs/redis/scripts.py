@@ -49,6 +49,8 @@ local P = ARGV[1]
 local G = 'jobpool'
 local RUN = P .. 'running'
 local INFLIGHT = P .. 'inflight'
+local SCHEDULED = P .. 'scheduled'
+local STOPS = P .. 'stops'
 """
     + _sources()
     + r"""
@@ -124,6 +126,22 @@ local function write_items(id, expires, i)
   return i + 1 + 2 * n
 end
 
+-- Scheduled jobs whose time has come (`now`, seconds) go to their queues, at most `n`;
+-- once queued they count in flight, as a queued job does. Returns how many moved.
+local function promote(now, n)
+  local ids = redis.call('ZRANGEBYSCORE', SCHEDULED, '-inf', now, 'LIMIT', 0, n)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', SCHEDULED, id)
+    local job = P .. 'job:' .. id
+    if may('due', redis.call('HGET', job, 'state')) then
+      redis.call('HSET', job, 'state', 'queued')
+      redis.call('HINCRBY', INFLIGHT, redis.call('HGET', job, 'owner'), 1)
+      enqueue(job, id)
+    end
+  end
+  return #ids
+end
+
 -- A job that was running where it no longer runs goes back to its queue.
 local function interrupt(e, reason)
   local entry = redis.call('XRANGE', RUN, e, e)
@@ -136,21 +154,29 @@ local function interrupt(e, reason)
   if redis.call('HGET', job, 'entry') ~= e or not may('requeue', state) then return 0 end
   redis.call('HDEL', job, 'entry', 'stream', 'holder')
   redis.call('HSET', job, 'state', 'queued', 'error', reason, 'interrupted', '1')
+  redis.call('HINCRBY', job, 'interruptions', 1)
   enqueue(job, id)
   return 1
 end
 """
 )
 
-#: ARGV: prefix, id, pool, want running (1/0), queue max, consumer, now, owner, owner's cap
-#: of jobs in flight (0: none), field, value, … Returns {state, entry}: running (leased by
-#: the consumer), queued, or not stored: {full, jobs waiting} or {client_limit, in flight}.
+#: ARGV: prefix, id, pool, want (running 1, queued 0, scheduled s), queue max, consumer, now
+#: (the time it may start, for a scheduled job), owner, owner's cap of jobs in flight (0:
+#: none), field, value, … Returns {state, entry}: running (leased by the consumer), queued,
+#: scheduled, or not stored: {full, jobs waiting} or {client_limit, in flight}.
 ADD = r"""
 local id, pool, want, qmax, me, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local owner, cap = ARGV[8], tonumber(ARGV[9])
 local job = P .. 'job:' .. id
 if redis.call('EXISTS', job) == 1 then  -- a retry of an add that was stored
   return {redis.call('HGET', job, 'state'), redis.call('HGET', job, 'entry') or ''}
+end
+if want == 's' then  -- not in flight until it is due (promote counts it then)
+  redis.call('HSET', job, 'pool', pool, 'state', 'scheduled', 'attempts', 0, 'not_before', now,
+             unpack(ARGV, 10))
+  redis.call('ZADD', SCHEDULED, now, id)
+  return {'scheduled', ''}
 end
 if cap > 0 then
   local held = tonumber(redis.call('HGET', INFLIGHT, owner) or '0')
@@ -184,6 +210,7 @@ return start(job, ARGV[2], ARGV[3], ARGV[4])
 CLAIM = r"""
 local me, now = ARGV[2], ARGV[3]
 local left, started = {}, {}
+promote(now, 1000)
 ensure_running()
 for i = 4, #ARGV, 2 do
   local q, n = P .. 'queue:' .. ARGV[i], tonumber(ARGV[i + 1])
@@ -230,6 +257,7 @@ local was = redis.call('HGET', job, 'state')
 if not may('finish', was) then return was or false end
 drop_entry(job)
 count_out(job)
+redis.call('SREM', STOPS, id)
 local n = tonumber(ARGV[i])
 if n > 0 then redis.call('HSET', job, unpack(ARGV, i + 1, i + 2 * n)) end
 i = i + 1 + 2 * n
@@ -258,17 +286,54 @@ enqueue(job, id)
 return 1
 """
 
-#: ARGV: prefix, id, now. queued -> cancelled; returns the state after, or false.
+#: ARGV: prefix, id, now. scheduled or queued -> cancelled; a running job is asked to stop
+#: (its holder finds it in ``stops``). Returns the state after, or false (no such job).
 CANCEL = r"""
 local id, now = ARGV[2], ARGV[3]
 local job = P .. 'job:' .. id
 local state = redis.call('HGET', job, 'state')
+if state == 'running' then
+  if redis.call('HSETNX', job, 'cancel_requested_at', now) == 1 then
+    redis.call('SADD', STOPS, id)
+  end
+  return state
+end
 if not may('cancel', state) then return state or false end
-drop_entry(job)
-count_out(job)
-redis.call('HSET', job, 'state', 'cancelled', 'finished', now)
+if state == 'scheduled' then
+  redis.call('ZREM', SCHEDULED, id)  -- not in flight: nothing to count out
+else
+  drop_entry(job)
+  count_out(job)
+end
+redis.call('HSET', job, 'state', 'cancelled', 'finished', now, 'cancelled_how', 'dequeued')
 redis.call('ZADD', P .. 'finished', now, id)
 return 'cancelled'
+"""
+
+#: ARGV: prefix, id, consumer, not before, error, failed attempts (JSON). running ->
+#: scheduled for its next attempt, if still this consumer's; out of flight until it is due.
+RETRY = r"""
+local id = ARGV[2]
+local job = P .. 'job:' .. id
+if not may('retry', field(job, 'state')) or field(job, 'holder') ~= ARGV[3] then return 0 end
+drop_entry(job)
+count_out(job)
+redis.call('HSET', job, 'state', 'scheduled', 'not_before', ARGV[4], 'error', ARGV[5],
+           'failed_attempts', ARGV[6])
+redis.call('ZADD', SCHEDULED, ARGV[4], id)
+return 1
+"""
+
+#: ARGV: prefix, now. Scheduled jobs whose time has come go to their queues.
+PROMOTE = r"""
+return promote(ARGV[2], 1000)
+"""
+
+#: ARGV: prefix, id, progress (JSON). Kept while the job runs.
+REPORT = r"""
+local job = P .. 'job:' .. ARGV[2]
+if field(job, 'state') == 'running' then redis.call('HSET', job, 'progress', ARGV[3]) end
+return 1
 """
 
 #: ARGV: prefix, consumer, reason, count. The running entries still pending for this
@@ -389,6 +454,9 @@ SCRIPTS = {
     "finish": FINISH,
     "requeue": REQUEUE,
     "cancel": CANCEL,
+    "retry": RETRY,
+    "promote": PROMOTE,
+    "report": REPORT,
     "recover_mine": RECOVER_MINE,
     "recover_idle": RECOVER_IDLE,
     "renew": RENEW,

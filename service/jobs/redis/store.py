@@ -49,7 +49,19 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from service.config import StoreUrl
 from service.errors import Overloaded, StoreUnavailable, TooManyJobs
 from service.ids import id_floor, id_time
-from service.jobs.record import BatchProgress, ItemRef, JobEnd, JobRecord
+from service.jobs.document import CancelHow
+from service.jobs.record import (
+    BatchProgress,
+    FailedAttempt,
+    ItemRef,
+    JobEnd,
+    JobRecord,
+    Progress,
+    decode_attempts,
+    decode_progress,
+    encode_attempts,
+    encode_progress,
+)
 from service.jobs.redis.scripts import PRELUDE, SCRIPTS
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot, host_id
@@ -73,7 +85,8 @@ RECOUNT_S = 300.0
 #: What get() reads of a job's hash: all but its arguments, which only running needs.
 RECORD_FIELDS = (
     b"name", b"owner", b"state", b"created", b"started", b"finished", b"attempts", b"error",
-    b"items", b"done", b"failed", b"result", b"interrupted",
+    b"items", b"done", b"failed", b"result", b"interrupted", b"not_before", b"interruptions",
+    b"failed_attempts", b"cancel_requested_at", b"cancelled_how", b"progress",
 )  # fmt: skip
 
 
@@ -89,11 +102,20 @@ def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+#: How add() asks for each state a new job may be stored in.
+_WANT = {JobState.RUNNING: "1", JobState.QUEUED: "0", JobState.SCHEDULED: "s"}
+
+
 def _record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
     items = h.get(b"items")
     result = h.get(b"result")
     error = h.get(b"error")
     started, finished = h.get(b"started"), h.get(b"finished")
+    not_before, stop_at, how = (
+        h.get(b"not_before"),
+        h.get(b"cancel_requested_at"),
+        h.get(b"cancelled_how"),
+    )
     return JobRecord(
         id=job_id,
         name=h[b"name"].decode(),
@@ -110,6 +132,12 @@ def _record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
         done=int(h.get(b"done", 0)),
         failed=int(h.get(b"failed", 0)),
         result=None if result is None else pickle.loads(result),
+        not_before=None if not_before is None else float(not_before),
+        interruptions=int(h.get(b"interruptions", 0)),
+        failed_attempts=decode_attempts(h.get(b"failed_attempts")),
+        cancel_requested_at=None if stop_at is None else float(stop_at),
+        cancelled_how=None if how is None else how.decode(),  # type: ignore[arg-type]
+        progress=decode_progress(h.get(b"progress")),
     )
 
 
@@ -303,11 +331,11 @@ class RedisStore:
         ]  # fmt: skip
         if record.items is not None:
             fields += ["items", _dumps(record.items)]
-        want = "1" if record.state is JobState.RUNNING else "0"
+        want = _WANT[record.state]
+        when = record.not_before if record.state is JobState.SCHEDULED else record.started_at
         state, entry = await self._script(
             "add", record.id, self.lane_of(record.name), want, self.queue_max, self.consumer,
-            _num(record.started_at or record.created_at), record.owner,
-            self.client_max_inflight, *fields,
+            _num(when or record.created_at), record.owner, self.client_max_inflight, *fields,
         )  # fmt: skip
         if state == b"client_limit":
             raise TooManyJobs(
@@ -362,6 +390,8 @@ class RedisStore:
         result: Any = None,
         error: str | None,
         progress: BatchProgress | None = None,
+        how: CancelHow | None = None,
+        reported: Progress | None = None,
     ) -> None:
         blob, state, error = capped_result(result, state, error, limit=self.result_max)
         put: list[Any] = []
@@ -373,6 +403,10 @@ class RedisStore:
                 put += [name, value]
         if progress is not None:
             put += ["done", progress.done, "failed", progress.failed]
+        if how is not None and state is JobState.CANCELLED:
+            put += ["cancelled_how", how]
+        if reported is not None:
+            put += ["progress", encode_progress(reported)]
         try:
             await self._script(
                 "finish", record.id, state.value, _num(now), self._items_expire(record),
@@ -386,7 +420,16 @@ class RedisStore:
     async def finish_many(self, ends: Sequence[JobEnd], now: float) -> None:
         # Each end is its own script call; the calls of one tick go out in one pipeline.
         calls = [
-            self.finish(e.record, e.state, now, result=e.result, error=e.error, progress=e.progress)
+            self.finish(
+                e.record,
+                e.state,
+                now,
+                result=e.result,
+                error=e.error,
+                progress=e.progress,
+                how=e.how,
+                reported=e.reported,
+            )
             for e in ends
         ]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
@@ -407,6 +450,33 @@ class RedisStore:
                 value = record.items[value.index]
             out += [item_key(record.name, record.owner, key), _dumps(value)]
         return out
+
+    async def due(self, job_id: str) -> bool:
+        return False  # due jobs move to the shared queue by themselves (claim, promote)
+
+    async def retry(
+        self, record: JobRecord, *, not_before: float, error: str, attempt: FailedAttempt
+    ) -> bool:
+        attempts = encode_attempts((*record.failed_attempts, attempt))
+        try:
+            moved = await self._script(
+                "retry", record.id, self.consumer, _num(not_before), error, attempts or b""
+            )
+        finally:
+            self._held.pop(record.id, None)
+        return bool(moved)
+
+    async def promote(self, now: float) -> int:
+        """Move the scheduled jobs whose time has come to their queues."""
+        moved: int = await self._script("promote", _num(now))
+        return moved
+
+    async def report(self, job_id: str, progress: Progress) -> None:
+        await self._script("report", job_id, encode_progress(progress) or b"")
+
+    async def stop_requests(self) -> list[str]:
+        members = await self._call("SMEMBERS", PREFIX + "stops")
+        return [m.decode() for m in members]
 
     async def requeue(self, job_id: str, *, error: str | None) -> None:
         try:
@@ -455,7 +525,9 @@ class RedisStore:
         return []
 
     async def adopt_orphans(self) -> list[JobRecord]:
-        """Jobs whose lease ran out (their host is gone) go back to the queue."""
+        """Jobs whose lease ran out (their host is gone) go back to the queue; so do
+        scheduled jobs whose time has come, should no worker have claimed lately."""
+        await self.promote(time.time())
         moved = await self._script(
             "recover_idle", self.consumer, INTERRUPTED, int(self.lease_s * 1000), RECOVER_BATCH,
             int(self.lease_s * 1000 * STALE_CONSUMER_LEASES), *self.pools,

@@ -13,7 +13,13 @@ import sqlite3
 import time
 from typing import Any
 
-from service.jobs.record import BatchProgress, ItemRef, JobRecord
+from service.jobs.record import (
+    BatchProgress,
+    ItemRef,
+    JobRecord,
+    decode_attempts,
+    decode_progress,
+)
 from service.jobs.sqlite.payloads import PayloadFiles, PayloadMissing
 from service.jobs.sqlite.schema import FAIL_JOB, JobRow, item_key
 from service.jobs.state import JobState
@@ -56,6 +62,12 @@ def record_of(
         done=row.done,
         failed=row.failed,
         result=None if result_blob is None else _loads(result_blob, job_id, "result", result_apart),
+        not_before=row.not_before,
+        interruptions=row.interruptions,
+        failed_attempts=decode_attempts(row.failed_attempts),
+        cancel_requested_at=row.cancel_requested_at,
+        cancelled_how=row.cancelled_how,  # type: ignore[arg-type]  # only values we wrote
+        progress=decode_progress(row.progress),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, NamedTuple
 
-from service.jobs.state import CANCEL, FINISH, REQUEUE, START, JobState
+from service.jobs.state import CANCEL, DUE, FINISH, REQUEUE, RETRY, START, JobState, can_stop
 from service.jobs.store import INTERRUPTED
 
 SCHEMA = """
@@ -30,7 +30,24 @@ CREATE TABLE IF NOT EXISTS jobs (
     items BLOB,
     done INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
-    result BLOB
+    result BLOB,
+    -- When a scheduled job may start (its delay, or its next retry).
+    not_before REAL,
+    -- Runs of the job that crashes cut off (bounded by JOBPOOL_MAX_ATTEMPTS).
+    interruptions INTEGER NOT NULL DEFAULT 0,
+    -- JSON: the attempts that failed and were retried.
+    failed_attempts BLOB,
+    -- A client asked the running job to stop, at this time; and how it was stopped.
+    cancel_requested_at REAL,
+    cancelled_how TEXT,
+    -- JSON: what the task last said of how far it got.
+    progress BLOB
+) WITHOUT ROWID;
+-- Running jobs of this shard that a client asked to stop: the worker that runs them looks
+-- here (a small table, empty nearly always) rather than through every job.
+CREATE TABLE IF NOT EXISTS stop_requests (
+    job_id TEXT PRIMARY KEY,
+    at REAL NOT NULL
 ) WITHOUT ROWID;
 -- Results of batch items that have a key (a parcel's id), newest job first. A row is
 -- written for every such item, so it is kept small: one text key (job name, owner and the
@@ -64,11 +81,31 @@ class JobRow(NamedTuple):
     done: int
     failed: int
     result: bytes | None
+    not_before: float | None
+    interruptions: int
+    #: JSON, or None: none failed.
+    failed_attempts: bytes | None
+    cancel_requested_at: float | None
+    cancelled_how: str | None
+    #: JSON, or None: the task said nothing.
+    progress: bytes | None
 
+
+#: Columns added since the first version, each with its definition, for older files.
+ADDED_COLUMNS = (
+    ("not_before", "REAL"),
+    ("interruptions", "INTEGER NOT NULL DEFAULT 0"),
+    ("failed_attempts", "BLOB"),
+    ("cancel_requested_at", "REAL"),
+    ("cancelled_how", "TEXT"),
+    ("progress", "BLOB"),
+)
 
 COLUMNS = ", ".join(JobRow._fields)
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
-SELECT_UNFINISHED = f"SELECT {COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY id"
+SELECT_UNFINISHED = (
+    f"SELECT {COLUMNS} FROM jobs WHERE state IN ('scheduled', 'queued', 'running') ORDER BY id"
+)
 #: A job moved whole from another shard (adoption); one already here is kept.
 COPY_JOB = f"INSERT OR IGNORE INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(JobRow._fields))})"
 JOB_EXISTS = "SELECT 1 FROM jobs WHERE id = ?"
@@ -76,8 +113,8 @@ JOB_STATE = "SELECT state FROM jobs WHERE id = ?"
 JOB_ITEMS = "SELECT items FROM jobs WHERE id = ?"
 
 INSERT_JOB = (
-    "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts, args, items)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts, args, items,"
+    " not_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # The moves of a job's state apply in the states service/jobs/state.py declares for them.
 START_JOB = (
@@ -87,19 +124,40 @@ START_JOB = (
 COUNT_ITEMS = "UPDATE jobs SET done = ?, failed = ? WHERE id = ?"
 END_JOB = (
     "UPDATE jobs SET state = ?, finished_at = ?, error = ?, result = ?,"
-    " done = coalesce(?, done), failed = coalesce(?, failed)"
+    " done = coalesce(?, done), failed = coalesce(?, failed), cancelled_how = ?,"
+    " progress = coalesce(?, progress), not_before = NULL"
     f" WHERE id = ? AND state IN {FINISH.sql()}"
 )
+DUE_JOB = f"UPDATE jobs SET state = 'queued' WHERE id = ? AND state IN {DUE.sql()}"
+RETRY_JOB = (
+    "UPDATE jobs SET state = 'scheduled', not_before = ?, error = ?, failed_attempts = ?"
+    f" WHERE id = ? AND state IN {RETRY.sql()}"
+)
+PROGRESS_JOB = "UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'"
+#: A running job asked to stop: marked in its row, and listed for the worker that runs it.
+REQUEST_STOP = (
+    "UPDATE jobs SET cancel_requested_at = ?"
+    " WHERE id = ? AND state = 'running' AND cancel_requested_at IS NULL"
+)
+ADD_STOP_REQUEST = "INSERT OR IGNORE INTO stop_requests (job_id, at) VALUES (?, ?)"
+#: Each request with its job's state (a job moved to another shard reads as ended here).
+STOP_REQUESTS = (
+    "SELECT s.job_id, coalesce(j.state, 'gone') FROM stop_requests s"
+    " LEFT JOIN jobs j ON j.id = s.job_id"
+)
+DELETE_STOP_REQUEST = "DELETE FROM stop_requests WHERE job_id = ?"
 REQUEUE_JOB = (
     "UPDATE jobs SET state = 'queued', error = ?, interrupted = 0"
     f" WHERE id = ? AND state IN {REQUEUE.sql()}"
 )
 CANCEL_JOB = (
-    f"UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state IN {CANCEL.sql()}"
+    "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancelled_how = 'dequeued',"
+    f" not_before = NULL WHERE id = ? AND state IN {CANCEL.sql()}"
 )
 #: A requeue of every job whose process is gone (a crash found later).
 INTERRUPT_JOBS = (
-    f"UPDATE jobs SET state = 'queued', error = ?, interrupted = 1 WHERE state IN {REQUEUE.sql()}"
+    "UPDATE jobs SET state = 'queued', error = ?, interrupted = 1,"
+    f" interruptions = interruptions + 1 WHERE state IN {REQUEUE.sql()}"
 )
 #: A job whose arguments file is lost can never run.
 FAIL_JOB = "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?"
@@ -148,10 +206,16 @@ def interrupt(conn: sqlite3.Connection) -> None:
 
 
 def cancel(conn: sqlite3.Connection, job_id: str, now: float) -> JobState | None:
-    """Cancel the job if it is queued; its state after that (None: no such job)."""
+    """Cancel the job if it has not started, or ask it to stop if it runs; its state after
+    that (None: no such job)."""
     conn.execute(CANCEL_JOB, (now, job_id))
     row = conn.execute(JOB_STATE, (job_id,)).fetchone()
-    return None if row is None else JobState(row[0])
+    if row is None:
+        return None
+    state = JobState(row[0])
+    if can_stop(state) and conn.execute(REQUEST_STOP, (now, job_id)).rowcount:
+        conn.execute(ADD_STOP_REQUEST, (job_id, now))
+    return state
 
 
 #: Earlier files kept item results in ``keyed`` (name, owner, key, job_id, value): their
@@ -170,6 +234,11 @@ def migrate(conn: sqlite3.Connection) -> None:
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'keyed'").fetchone():
         statements += [(statement, ()) for statement in MIGRATE_KEYED]
     columns = {name for _, name, *_ in conn.execute("PRAGMA table_info(jobs)")}
+    statements += [
+        (f"ALTER TABLE jobs ADD COLUMN {name} {definition}", ())
+        for name, definition in ADDED_COLUMNS
+        if name not in columns
+    ]
     if "interrupted" not in columns:
         # Earlier files said "cut off by a crash" with the error text alone.
         statements += [

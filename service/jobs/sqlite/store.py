@@ -17,7 +17,16 @@ from typing import Any
 
 from service.errors import StoreUnavailable
 from service.ids import id_floor
-from service.jobs.record import BatchProgress, JobEnd, JobRecord
+from service.jobs.document import CancelHow
+from service.jobs.record import (
+    BatchProgress,
+    FailedAttempt,
+    JobEnd,
+    JobRecord,
+    Progress,
+    encode_attempts,
+    encode_progress,
+)
 from service.jobs.registry import Pool
 from service.jobs.sqlite.checkpoints import Checkpointer
 from service.jobs.sqlite.group_commit import GroupCommit
@@ -27,14 +36,19 @@ from service.jobs.sqlite.schema import (
     COUNT_ITEMS,
     DELETE_EXPIRED_ITEMS,
     DELETE_JOB,
+    DELETE_STOP_REQUEST,
+    DUE_JOB,
     EXPIRED_JOBS,
     ITEM_RESULT,
     JOB_ITEMS,
     KEYED_RESULT,
+    PROGRESS_JOB,
     REQUEUE_JOB,
+    RETRY_JOB,
     SELECT_JOB,
     SELECT_UNFINISHED,
     START_JOB,
+    STOP_REQUESTS,
     JobRow,
     cancel,
     interrupt,
@@ -150,7 +164,7 @@ class SqliteStore:
             self._args_apart.add(record.id)
         await self._writes().insert_job((
             record.id, record.name, record.owner, record.state.value, record.created_at,
-            record.started_at, record.attempts, args, items,
+            record.started_at, record.attempts, args, items, record.not_before,
         ))  # fmt: skip
         return record.state
 
@@ -182,8 +196,10 @@ class SqliteStore:
         result: Any = None,
         error: str | None,
         progress: BatchProgress | None = None,
+        how: CancelHow | None = None,
+        reported: Progress | None = None,
     ) -> None:
-        await self.finish_many([JobEnd(record, state, result, error, progress)], now)
+        await self.finish_many([JobEnd(record, state, result, error, progress, how, reported)], now)
 
     async def finish_many(self, ends: Sequence[JobEnd], now: float) -> None:
         rows = [await self._end_row(end, now) for end in ends]  # result files first
@@ -210,13 +226,50 @@ class SqliteStore:
             blob = APART
         progress = end.progress
         done, failed = (None, None) if progress is None else (progress.done, progress.failed)
-        return (state.value, now, error, blob, done, failed, end.record.id)
+        how = end.how if state is JobState.CANCELLED else None
+        reported = encode_progress(end.reported)
+        return (state.value, now, error, blob, done, failed, how, reported, end.record.id)
 
     async def _put_file(self, job_id: str, kind: str, blob: bytes) -> None:
         try:
             await asyncio.to_thread(self.files.put, job_id, kind, blob)
         except OSError as ex:
             raise StoreUnavailable(f"the job store cannot write: {ex}") from ex
+
+    async def due(self, job_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(DUE_JOB, (job_id,)).rowcount == 1
+
+        queued: bool = await self._writes().run(op)
+        return queued
+
+    async def retry(
+        self, record: JobRecord, *, not_before: float, error: str, attempt: FailedAttempt
+    ) -> bool:
+        attempts = encode_attempts((*record.failed_attempts, attempt))
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(RETRY_JOB, (not_before, error, attempts, record.id)).rowcount == 1
+
+        scheduled: bool = await self._writes().run(op)
+        return scheduled
+
+    async def report(self, job_id: str, progress: Progress) -> None:
+        blob = encode_progress(progress)
+        await self._writes().run(lambda conn: conn.execute(PROGRESS_JOB, (blob, job_id)))
+
+    async def stop_requests(self) -> list[str]:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("the job store is closed")
+        found = conn.execute(STOP_REQUESTS).fetchall()  # nearly always none
+        if not found:
+            return []
+        running = [job_id for job_id, state in found if state == JobState.RUNNING.value]
+        ended = [(job_id,) for job_id, state in found if state != JobState.RUNNING.value]
+        if ended:  # its job has ended (stopped, or done before it saw the request)
+            await self._writes().run(lambda c: c.executemany(DELETE_STOP_REQUEST, ended))
+        return running
 
     async def requeue(self, job_id: str, *, error: str | None) -> None:
         def op(conn: sqlite3.Connection) -> None:
