@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
+from service.jobs.context import current
 from service.jobs.registry import job
+from service.jobs.retry import Backoff, DoNotRetry
 
 
 @job("test.echo", pool="io", timeout=10)
@@ -119,3 +122,60 @@ def span(seconds: float = 0.0) -> dict[str, float]:
     began = time.time()
     time.sleep(seconds)
     return {"began": began, "ended": time.time()}
+
+
+@job(
+    "test.flaky", pool="io", timeout=10, retries=2,
+    backoff=Backoff(base_s=0.3, factor=2.0, max_s=5.0, jitter=False),
+)  # fmt: skip
+def flaky(path: str, fails: int = 2) -> dict[str, Any]:
+    """Fail the first ``fails`` runs (counted in the file ``path``), then succeed."""
+    counter = Path(path)
+    runs = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(runs))
+    if runs <= fails:
+        raise RuntimeError(f"flaky run {runs}")
+    return {"runs": runs}
+
+
+@job("test.fails_for_good", pool="io", timeout=10, retries=3, backoff=Backoff(base_s=0.1))
+def fails_for_good() -> None:
+    raise DoNotRetry("this will never work")
+
+
+@job("test.slow_then_fine", pool="io", timeout=0.5, retries=1, backoff=Backoff(base_s=0.1))
+def slow_then_fine(path: str) -> str:
+    """Time out on the first run (a timeout is a failed attempt), return on the second."""
+    if not os.path.exists(path):
+        Path(path).touch()
+        time.sleep(3)
+    return "fine"
+
+
+@job("test.cooperative", pool="io", timeout=60)
+def cooperative(steps: int = 3000) -> dict[str, Any]:
+    """Work in small steps, reporting progress and stopping when asked."""
+    run = current()
+    for step in range(steps):
+        run.check()
+        run.progress(step, steps, "working")
+        time.sleep(0.02)
+    return {"steps": steps}
+
+
+@job("test.stubborn", pool="io", timeout=60)
+def stubborn(path: str) -> str:
+    """Ignore stop requests; run until the file ``path`` exists."""
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return "done anyway"
+
+
+@job("test.cpu_progress", pool="cpu", timeout=60)
+def cpu_progress(pid_file: str) -> None:
+    """In a cpu process: write its pid, report progress, then never return (until stopped)."""
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    for step in range(10**9):
+        current().progress(step, None, "spinning")
+        time.sleep(0.05)

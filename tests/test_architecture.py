@@ -77,6 +77,7 @@ def broken_rules(importer: str, imported: str) -> str | None:
             return "a task knows nothing of HTTP or clients"
         if within(imported, "service.jobs") and imported not in {
             "service.jobs.registry", "service.jobs.context", "service.jobs.failures",
+            "service.jobs.retry",
         }:  # fmt: skip
             return "a task uses only the job declaration and its run's context"
     if (

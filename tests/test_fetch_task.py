@@ -638,3 +638,14 @@ def test_https_refuses_an_untrusted_issuer(tls_up: UpstreamServer) -> None:
         fetch_url(tls_up.url("/ok", host="upstream.test"), limits=GUARDED, resolver=dns)
     assert info.value.kind == "tls"
     assert tls_up.requests == []
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["bad_request", "bad_url", "blocked", "dns", "too_many_redirects", "too_large", "tls",
+     "timeout", "connection"],
+)  # fmt: skip
+def test_only_connection_failures_are_worth_another_attempt(kind: str) -> None:
+    """The fetch job's retry policy takes a failed connection or a timeout again, never a
+    URL the guard refused or one that cannot work."""
+    assert FetchError("x", kind).retryable is (kind in ("timeout", "connection"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import io
 from collections.abc import Callable
@@ -59,6 +60,48 @@ def test_fetch_failure_fails_the_job_with_the_reason(open_server: Server) -> Non
     doc = r.json()
     assert doc["state"] == "failed"
     assert "redirect" in doc["error"]
+
+
+def test_fetch_retries_an_upstream_that_is_busy_then_answers(open_server: Server) -> None:
+    """Two 503s, then 200: the fetch job succeeds on its third attempt with the 200, each
+    busy answer recorded as a failed attempt."""
+    with UpstreamServer() as up:
+        r = open_server.post("/v1/fetch", json={"url": up.url("/busy?key=a&fails=2")})
+        doc = open_server.wait_final(r.json()["job"], timeout=60)
+    assert (doc["state"], doc["attempts"]) == ("succeeded", 3), doc
+    assert [a["error"] for a in doc["failed_attempts"]] == [
+        "UpstreamBusy: the upstream answered HTTP 503"
+    ] * 2
+    result = open_server.get(f"/v1/jobs/{doc['id']}/result").json()
+    assert result["status"] == 200
+
+
+def test_fetch_honours_retry_after_and_keeps_the_last_answer(open_server: Server) -> None:
+    """A 429 with Retry-After: 2 puts the next attempt 2 s later at least; an upstream
+    still busy at the last attempt is the job's result, its status as it came."""
+    with UpstreamServer() as up:
+        r = open_server.post(
+            "/v1/fetch", json={"url": up.url("/busy?key=b&fails=9&status=429&after=2")}
+        )
+        doc = open_server.wait_final(r.json()["job"], timeout=120)
+    assert (doc["state"], doc["attempts"]) == ("succeeded", 4), doc
+    first, second = doc["failed_attempts"][:2]
+    gap = dt.datetime.fromisoformat(second["started_at"]) - dt.datetime.fromisoformat(
+        first["finished_at"]
+    )
+    assert gap.total_seconds() >= 2 - 0.002
+    result = open_server.get(f"/v1/jobs/{doc['id']}/result").json()
+    assert (result["status"], result["headers"]["retry-after"]) == (429, "2")
+
+
+def test_a_fetch_another_attempt_cannot_mend_is_not_retried(server: Server) -> None:
+    """A name that does not resolve fails its fetch job on the first attempt: no retry
+    (nor for an address the guard refuses: see test_fetch_task)."""
+    r = server.post("/v1/fetch", json={"url": "http://no-such-host.invalid/"}, headers=WAIT)
+    doc = r.json()
+    assert (doc["state"], doc["attempts"]) == ("failed", 1), doc
+    assert "resolve" in doc["error"] or "dns" in doc["error"].lower(), doc
+    assert "failed_attempts" not in doc
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             elif route.startswith("/status/"):
                 self._send(int(route.rsplit("/", 1)[1]), b"status\n")
+            elif route == "/busy":
+                # ``fails`` answers of ``status`` (with Retry-After ``after``), then 200: a
+                # count per ``key``, so each test has its own.
+                key = query.get("key", "")
+                seen = up.busy_counts[key] = up.busy_counts.get(key, 0) + 1
+                if seen <= int(query.get("fails", 2)):
+                    extra = {"Retry-After": query["after"]} if "after" in query else {}
+                    self._send(int(query.get("status", 503)), b"busy\n", extra)
+                else:
+                    self._send(200, b"finally\n")
             else:
                 self._send(404, b"not found\n")
         except (ConnectionError, TimeoutError, ssl.SSLError):
@@ -302,6 +312,8 @@ class UpstreamServer:
         self._host = host
         self.sni_names: list[str | None] = []
         self._requests: list[RecordedRequest] = []
+        #: /busy answers given so far, by key.
+        self.busy_counts: dict[str, int] = {}
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()

@@ -33,18 +33,21 @@ class Cancelled(Exception):
 class RunContext:
     """One run of one job."""
 
-    __slots__ = ("_cancel", "_report", "attempt", "job_id")
+    __slots__ = ("_cancel", "_report", "attempt", "final", "job_id")
 
     def __init__(
         self,
         job_id: str = "",
         attempt: int = 0,
         *,
+        final: bool = True,
         report: Reporter | None = None,
         cancel: threading.Event | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
+        #: No retry follows this attempt if it fails (its job's retries are used up).
+        self.final = final
         self._report = report
         self._cancel = cancel or threading.Event()
 

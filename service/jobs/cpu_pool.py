@@ -60,13 +60,15 @@ def _child_init(nice: int, log_level: str, reports: Any) -> None:
         pass
 
 
-def _run_in_child(job_id: str, attempt: int, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+def _run_in_child(
+    job_id: str, attempt: int, final: bool, fn: Callable[..., Any], kwargs: dict[str, Any]
+) -> Any:
     """A job's function in a cpu process, with a run context whose progress crosses back."""
 
     def report(done: int, total: int | None, message: str | None) -> None:
         _reports.put((job_id, done, total, message))
 
-    return run_in(RunContext(job_id, attempt, report=report), fn, **kwargs)
+    return run_in(RunContext(job_id, attempt, final=final, report=report), fn, **kwargs)
 
 
 class CpuPool:
@@ -138,7 +140,7 @@ class CpuPool:
                     self._listen()
                     self._running[context.job_id] = context
                     future = self._executor(slot).submit(
-                        _run_in_child, context.job_id, context.attempt, fn, kwargs
+                        _run_in_child, context.job_id, context.attempt, context.final, fn, kwargs
                     )
                 try:
                     return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)

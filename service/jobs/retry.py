@@ -4,8 +4,10 @@ A job declares its policy with :func:`~service.jobs.registry.job` (``retries=N``
 ``backoff=Backoff(...)``). A run that raises, or times out, or whose cpu process dies, is a
 failed attempt: with retries left the job is scheduled again after the backoff's delay,
 else it fails with the last error. A task says a failure is not worth retrying by raising
-:class:`DoNotRetry`, and that the next attempt must wait at least so long (an upstream's
-``Retry-After``) by raising :class:`RetryAfter`.
+:class:`DoNotRetry` (or an exception whose ``retryable`` attribute is False), and that the
+next attempt must wait at least so long (an upstream's ``Retry-After``) by raising
+:class:`RetryAfter`. A task sees whether it is on its last attempt in its run context
+(``current().final``).
 
 Runs cut off by a crash of the worker are another matter, with their own bound
 (``JOBPOOL_MAX_ATTEMPTS``, see :func:`service.jobs.state.after_interruption`).

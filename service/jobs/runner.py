@@ -166,7 +166,9 @@ class Runner:
             # From the task's thread, or the loop: the store is written from the loop.
             loop.call_soon_threadsafe(self._reported, record.id, done, total, message)
 
-        run = Run(record, spec, RunContext(record.id, record.attempts, report=report))
+        final = len(record.failed_attempts) >= spec.retries
+        context = RunContext(record.id, record.attempts, final=final, report=report)
+        run = Run(record, spec, context)
         self.runs[record.id] = run
         try:
             run.call = asyncio.ensure_future(self.call(spec, record.args, hold, run.context))
@@ -236,7 +238,9 @@ class Runner:
     @staticmethod
     def _retry_delay(spec: JobSpec, record: JobRecord, ex: Exception) -> float | None:
         """Seconds before the next attempt, or None: no retry (its kind, or none left)."""
-        if isinstance(ex, DoNotRetry) or len(record.failed_attempts) >= spec.retries:
+        if isinstance(ex, DoNotRetry) or getattr(ex, "retryable", True) is False:
+            return None
+        if len(record.failed_attempts) >= spec.retries:
             return None
         delay = spec.backoff.delay(len(record.failed_attempts) + 1)
         if isinstance(ex, RetryAfter):

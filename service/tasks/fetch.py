@@ -10,6 +10,7 @@ twice and answer differently. Redirects are followed here, one checked hop at a 
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import os
 import socket
@@ -29,7 +30,9 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from service.jobs.context import current
 from service.jobs.registry import job
+from service.jobs.retry import Backoff, RetryAfter
 from service.netguard import (
     DEFAULT_MAX_URL_LENGTH,
     BadURL,
@@ -49,6 +52,7 @@ SELECTED_HEADERS: Final = (
     "etag",
     "last-modified",
     "cache-control",
+    "retry-after",
 )
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _METHODS: Final = frozenset({"GET", "HEAD"})
@@ -57,6 +61,11 @@ _DRAIN_MAX: Final = 64 * 1024  # a redirect body up to this size is read so the 
 _DEADLINE_MESSAGE: Final = "the fetch took longer than its total deadline"
 _DEADLINE_SLACK_S: Final = 0.05  # a read timeout this close to the deadline is the deadline
 _ADDRESSES_PER_HOP: Final = 3  # addresses tried, in resolver order, when connecting fails
+#: Failures another attempt may not repeat: they are retried (the job's policy).
+RETRYABLE_KINDS: Final = frozenset({"connection", "timeout"})
+#: How often a fetch is tried again, and how long it waits between tries.
+FETCH_RETRIES: Final = 3
+FETCH_BACKOFF: Final = Backoff(base_s=1.0, factor=2.0, max_s=60.0)
 
 
 class FetchError(RuntimeError):
@@ -76,6 +85,17 @@ class FetchError(RuntimeError):
 
     def __str__(self) -> str:
         return self.message
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt may fare better (the job's retry policy reads this):
+        a connection that failed or timed out, not a URL the guard refused."""
+        return self.kind in RETRYABLE_KINDS
+
+
+class UpstreamBusy(RetryAfter):
+    """The upstream answered 429 or 5xx on an attempt that is not the last: try again,
+    no sooner than its ``Retry-After``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -405,10 +425,34 @@ def _read_result(
 FETCH_JOB_TIMEOUT_S = 120.0
 
 
-@job("fetch", pool="io", timeout=FETCH_JOB_TIMEOUT_S)
+@job("fetch", pool="io", timeout=FETCH_JOB_TIMEOUT_S, retries=FETCH_RETRIES, backoff=FETCH_BACKOFF)
 def fetch_job(url: str, method: str, limits: dict[str, Any]) -> dict[str, Any]:
-    """The ``fetch`` job: the body travels as base64 so the result is plain JSON."""
+    """The ``fetch`` job: the body travels as base64 so the result is plain JSON.
+
+    A connection that fails and an upstream answering 429 or 5xx are tried again (up to
+    ``FETCH_RETRIES`` times, honouring its ``Retry-After``); the answer of the last attempt
+    is the result, whatever its status. A URL the guard refuses is never tried again."""
     result = fetch_url(url, method, limits=FetchLimits(**limits))
+    status = result["status"]
+    if (status == 429 or status >= 500) and not current().final:
+        wait = retry_after_s(result["headers"].get("retry-after"))
+        raise UpstreamBusy(f"the upstream answered HTTP {status}", seconds=wait)
     body = result.pop("body", None)
     result["body_base64"] = None if body is None else base64.b64encode(body).decode("ascii")
     return result
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float:
+    """Seconds a ``Retry-After`` value (RFC 9110: seconds, or an HTTP date) asks to wait;
+    0 when it is absent or not understood."""
+    if not value:
+        return 0.0
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return 0.0
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
