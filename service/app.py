@@ -17,6 +17,7 @@ from service.api.fetch import FetchResource
 from service.api.health import Healthz, Readyz
 from service.api.images import ImagesResource
 from service.api.jobs import JobResource, JobResultResource
+from service.api.listing import JobsResource
 from service.api.metrics import MetricsResource
 from service.api.middleware import Lifecycle, RequestId, Telemetry
 from service.api.openapi import OpenApiResource, document
@@ -208,6 +209,7 @@ def create_app(
     app.add_route("/v1/fetch", FetchResource(layer, settings))
     app.add_route("/v1/images", ImagesResource(layer, settings))
     app.add_route("/v1/search", SearchResource(layer, settings))
+    app.add_route("/v1/jobs", JobsResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}", JobResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
     if service.metrics is not None:

@@ -261,6 +261,9 @@ class Settings:
         "CANCEL_GRACE_S", 10, _int(0, 3600),
         "a cancelled io job that has not stopped by then ends cancelled, its result unused",
     )  # fmt: skip
+    list_max: int = _setting(
+        "LIST_MAX", 200, _int(1, 10_000), "most jobs one page of GET /v1/jobs holds"
+    )
     poll_hint_s: int = _setting(
         "POLL_HINT_S", 1, _int(1, 3600), "Retry-After of a 202 and of an unfinished job"
     )

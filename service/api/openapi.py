@@ -23,14 +23,15 @@ from service.api.search import BLANK_FREE_PATTERN
 from service.api.search_answer import SearchAnswer
 from service.api.security import OPEN_PATHS
 from service.config import Settings
-from service.jobs.document import JobDocument, Submitted
+from service.jobs.document import JobDocument, JobPage, Submitted
+from service.jobs.state import JobState
 from service.tasks.parcels import Batch
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
 REF = "#/components/schemas/{name}"
 #: The Structs whose schemas (and those of the Structs and enums they hold) are derived.
-DERIVED = (Problem, Batch, Submitted, JobDocument, Fetch, SearchAnswer)
+DERIVED = (Problem, Batch, Submitted, JobDocument, JobPage, Fetch, SearchAnswer)
 
 # -- schemas ------------------------------------------------------------------------------
 
@@ -63,6 +64,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "total": count,
                 "done": count,
                 "failed": count,
+                "skipped": {"description": "Items not run: the batch was cancelled.", **count},
                 "failures": {
                     "type": "array",
                     "items": {
@@ -152,6 +154,20 @@ def _retry_after() -> dict[str, Any]:
     return {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
 
 
+def _poll_hint() -> dict[str, Any]:
+    """``Retry-After`` where only an unfinished job's answer has it."""
+    return {
+        "description": "Seconds before it is worth reading the job again (until a "
+        "scheduled job's time); only while the job has not ended.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+
+
+_STATE = "(" + "|".join(state.value for state in JobState) + ")"
+#: One state, or several comma-separated.
+_STATES_PATTERN = f"^{_STATE}(,{_STATE})*$"
+
+
 def _job_id() -> dict[str, Any]:
     return {
         "name": "job_id",
@@ -172,13 +188,38 @@ _JOB_LINKS = {
 }
 
 
+def _submit_headers(settings: Settings, what: str) -> list[dict[str, Any]]:
+    """The request headers every submit takes."""
+    return [
+        _prefer(settings, what),
+        {
+            "name": "Job-Delay",
+            "in": "header",
+            "description": "Start the job no sooner than this many seconds from now (it is "
+            f"``scheduled`` until then); at most {settings.schedule_max_s} "
+            "(JOBPOOL_SCHEDULE_MAX_S). Not with Job-Not-Before.",
+            "schema": {"type": "string", "pattern": "^[0-9]{1,10}(\\.[0-9]{1,6})?$"},
+            "example": "30",
+        },
+        {
+            "name": "Job-Not-Before",
+            "in": "header",
+            "description": "Start the job no sooner than this RFC 3339 date-time (a time "
+            "already past: at once); at most JOBPOOL_SCHEDULE_MAX_S ahead.",
+            "schema": {"type": "string", "format": "date-time"},
+            "example": "2030-01-01T09:00:00Z",
+        },
+    ]
+
+
 def _prefer(settings: Settings, what: str) -> dict[str, Any]:
     return {
         "name": "Prefer",
         "in": "header",
         "required": False,
         "description": f"``wait=N`` (RFC 7240): hold the answer up to N s (at most "
-        f"{settings.wait_max_s}, JOBPOOL_WAIT_MAX_S) for {what}.",
+        f"{settings.wait_max_s}, JOBPOOL_WAIT_MAX_S) for {what}; ``respond-async``: answer "
+        "at once. ``Preference-Applied`` names what was honoured.",
         "schema": {"type": "string"},
         "example": "wait=5",
     }
@@ -204,16 +245,24 @@ def _submit_answers(
         ),
         "202": {
             **_answer(
-                "The job is stored: it runs now or waits its turn. ``Location`` points at it.",
+                "The job is stored: it runs now, waits its turn, or waits for its time "
+                "(scheduled). ``Location`` points at it; ``Retry-After`` says when to look.",
                 _json(_ref("Submitted")),
-                {"Location": {"$ref": "#/components/headers/Location"}},
+                {
+                    "Location": {"$ref": "#/components/headers/Location"},
+                    **_retry_after(),
+                    "Preference-Applied": {"schema": {"type": "string"}},
+                },
             ),
             "links": _JOB_LINKS,
         },
-        "400": _problem("The body is not valid JSON."),
+        "400": _problem(
+            "The body is not valid JSON, or Job-Delay / Job-Not-Before is malformed (or both "
+            "are given)."
+        ),
         "413": _problem(too_large),
         "415": _problem(body),
-        "422": _problem(invalid),
+        "422": _problem(f"{invalid} Or the job would start past JOBPOOL_SCHEDULE_MAX_S."),
         "503": _problem(
             "The pool is full or the worker is shutting down: retry after Retry-After.",
             _retry_after(),
@@ -265,7 +314,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "post": {
                 "operationId": "submitParcels",
                 "summary": "Submit a batch of parcels: one job, one io task per item.",
-                "parameters": [_prefer(settings, "the job to end")],
+                "parameters": _submit_headers(settings, "the job to end"),
                 "requestBody": {"required": True, "content": _json(_ref("Batch"))},
                 "responses": _submit_answers(
                     done=_json({"oneOf": [_ref("BatchResult"), _ref("JobDocument")]}),
@@ -281,7 +330,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "post": {
                 "operationId": "submitFetch",
                 "summary": "Fetch a URL on the io pool (timeouts, size cap, SSRF guard).",
-                "parameters": [_prefer(settings, "the job to end")],
+                "parameters": _submit_headers(settings, "the job to end"),
                 "requestBody": {"required": True, "content": _json(_ref("Fetch"))},
                 "responses": _submit_answers(
                     done=_json({"oneOf": [_ref("Fetched"), _ref("JobDocument")]}),
@@ -296,7 +345,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "post": {
                 "operationId": "submitImage",
                 "summary": "Thumbnail, resize, crop, rotate or gray an image on the cpu pool.",
-                "parameters": [*_image_params(settings), _prefer(settings, "the image")],
+                "parameters": [*_image_params(settings), *_submit_headers(settings, "the image")],
                 "requestBody": {
                     "required": True,
                     "description": "The image itself (jpeg, png, webp, gif, bmp, tiff).",
@@ -372,23 +421,86 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "parameters": [_job_id(), _prefer(settings, "the job to end")],
                 "responses": {
                     "200": _answer(
-                        "The job.",
+                        "The job; an unfinished one with ``Retry-After``: when to look again.",
                         _json(_ref("JobDocument")),
-                        {"Preference-Applied": {"schema": {"type": "string"}}},
+                        {
+                            "Preference-Applied": {"schema": {"type": "string"}},
+                            "Retry-After": _poll_hint(),
+                        },
                     ),
                     "404": not_found,
                 },
             },
             "delete": {
                 "operationId": "cancelJob",
-                "summary": "Cancel a job that has not started; the job stays readable.",
+                "summary": "Cancel a job. One that has not started ends at once (``cancel."
+                "how``: dequeued). A running one is stopped: a cpu job's process is "
+                "terminated; an io job is asked to stop (its task checks) and, past "
+                f"{settings.cancel_grace_s} s (JOBPOOL_CANCEL_GRACE_S), given up "
+                "(abandoned: its result is thrown away); a batch skips its remaining items. "
+                "The job stays readable.",
                 "parameters": [_job_id()],
                 "responses": {
-                    "200": _answer("The job, now cancelled.", _json(_ref("JobDocument"))),
+                    "200": _answer(
+                        "The job, now cancelled; ``cancel.how`` says how it was stopped.",
+                        _json(_ref("JobDocument")),
+                    ),
+                    "202": _answer(
+                        "The job runs and was asked to stop; it is stopping still.",
+                        _json(_ref("JobDocument")),
+                        {"Retry-After": _poll_hint()},
+                    ),
                     "404": not_found,
-                    "409": _problem("The job is running or ended: it cannot be cancelled."),
+                    "409": _problem("The job has ended (or ended before it could be stopped)."),
                 },
             },
+        },
+        "/v1/jobs": {
+            "get": {
+                "operationId": "listJobs",
+                "summary": "The caller's jobs, newest first, a page at a time. A cursor walk "
+                "sees each job that existed when it began exactly once.",
+                "parameters": [
+                    _query(
+                        "state",
+                        {"type": "string", "pattern": _STATES_PATTERN},
+                        "Jobs in this state (or these, comma-separated).",
+                    ),
+                    _query("job", {"type": "string", "minLength": 1}, "Jobs of this name."),
+                    _query(
+                        "created_after",
+                        {"type": "string", "format": "date-time"},
+                        "Jobs created at or after this RFC 3339 date-time.",
+                    ),
+                    _query(
+                        "created_before",
+                        {"type": "string", "format": "date-time"},
+                        "Jobs created before this RFC 3339 date-time.",
+                    ),
+                    _query(
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": settings.list_max,
+                            "default": min(50, settings.list_max),
+                        },
+                        "Jobs per page (JOBPOOL_LIST_MAX at most).",
+                    ),
+                    _query(
+                        "cursor",
+                        {"type": "string", "minLength": 1},
+                        "The next_cursor of the page before (with the same filters).",
+                    ),
+                ],
+                "responses": {
+                    "200": _answer("A page of jobs.", _json(_ref("JobPage"))),
+                    "422": _problem(
+                        "An unknown state or parameter, a repeated one, a limit out of range, "
+                        "a time that is not RFC 3339, or a cursor of other filters."
+                    ),
+                },
+            }
         },
         "/v1/jobs/{job_id}/result": {
             "get": {

@@ -21,6 +21,7 @@ __all__ = [
     "ItemCounts",
     "JobDocument",
     "JobId",
+    "JobPage",
     "ProgressDocument",
     "Submitted",
     "SubmittedState",
@@ -92,6 +93,14 @@ class JobDocument(msgspec.Struct, forbid_unknown_fields=True):
     failed_attempts: list[AttemptDocument] | msgspec.UnsetType = msgspec.UNSET
     progress: ProgressDocument | msgspec.UnsetType = msgspec.UNSET
     cancel: CancelDocument | msgspec.UnsetType = msgspec.UNSET
+
+
+class JobPage(msgspec.Struct, forbid_unknown_fields=True):
+    """A page of the caller's jobs, newest first; ``next_cursor`` asks for the next page
+    (null: this is the last)."""
+
+    jobs: list[JobDocument]
+    next_cursor: str | None
 
 
 class Submitted(msgspec.Struct, forbid_unknown_fields=True):

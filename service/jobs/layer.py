@@ -37,7 +37,7 @@ from service.jobs.io_pool import IoPool
 from service.jobs.janitor import janitor
 from service.jobs.lanes import Lane, Lanes, Waiting
 from service.jobs.queues import LocalQueue, Queue, SharedQueue
-from service.jobs.record import JobRecord
+from service.jobs.record import JobQuery, JobRecord
 from service.jobs.registry import JobSpec, Pool, Registry
 from service.jobs.runner import SHUTDOWN, Runner
 from service.jobs.state import JobState, is_final
@@ -385,6 +385,10 @@ class JobLayer:
 
     async def get(self, job_id: str) -> JobRecord | None:
         return await self.store.get(job_id)
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        """The jobs ``query`` asks for, newest first (their arguments and results left out)."""
+        return await self.store.list_jobs(query)
 
     async def item(self, name: str, owner: str, key: str) -> Any | None:
         """The newest result of an item with ``key`` of ``owner``'s batches of ``name``."""

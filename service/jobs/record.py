@@ -196,3 +196,20 @@ def decode_progress(blob: bytes | None) -> Progress | None:
         return None
     done, total, message = msgspec.json.decode(blob)
     return Progress(done, total, message)
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Which jobs a listing wants: newest first, ``limit`` of them at most."""
+
+    #: Whose jobs (None: every client's, for operators).
+    owner: str | None
+    limit: int
+    #: Jobs in one of these states (empty: any).
+    states: frozenset[JobState] = frozenset()
+    #: Jobs of this name (``parcel``, ``fetch``, ...), or any.
+    name: str | None = None
+    #: Ids (time-ordered) at least this, and below that: the creation time bounds and the
+    #: cursor of the page before.
+    id_from: str | None = None
+    id_below: str | None = None

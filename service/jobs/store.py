@@ -7,7 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from service.jobs.document import CancelHow
-from service.jobs.record import BatchProgress, FailedAttempt, JobEnd, JobRecord, Progress
+from service.jobs.record import (
+    BatchProgress,
+    FailedAttempt,
+    JobEnd,
+    JobQuery,
+    JobRecord,
+    Progress,
+)
 from service.jobs.registry import Pool
 from service.jobs.state import JobState
 
@@ -106,6 +113,10 @@ class Store(Protocol):
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job as the API shows it: everything but its arguments (left empty)."""
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        """The jobs ``query`` wants, newest first, without arguments or results; an index
+        walk, never a scan of every job."""
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
         """The newest successful item result of job ``name`` with ``key`` for ``owner``."""

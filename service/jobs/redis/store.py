@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import logging
 import os
 import pickle
@@ -55,6 +56,7 @@ from service.jobs.record import (
     FailedAttempt,
     ItemRef,
     JobEnd,
+    JobQuery,
     JobRecord,
     Progress,
     decode_attempts,
@@ -139,6 +141,11 @@ def _record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
         cancelled_how=None if how is None else how.decode(),  # type: ignore[arg-type]
         progress=decode_progress(h.get(b"progress")),
     )
+
+
+def _owner_key(owner: str) -> str:
+    """The listing index of ``owner``'s jobs (see the scripts' ``owner_key``)."""
+    return f"{PREFIX}owner:{len(owner.encode())}:{owner}"
 
 
 def item_key(name: str, owner: str, key: str) -> bytes:
@@ -499,6 +506,30 @@ class RedisStore:
             return None
         fields = zip(RECORD_FIELDS, values, strict=True)
         return _record(job_id, {f: v for f, v in fields if v is not None})
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        lo = "-" if query.id_from is None else "[" + query.id_from
+        hi = "+" if query.id_below is None else "(" + query.id_below
+        name = query.name or ""
+        states = sorted(s.value for s in query.states)
+        if query.owner is None:
+            searches = [(PREFIX + "jobs", ",".join(states))]
+        elif states and JobState.SUCCEEDED.value not in states:
+            # Each state its own index: nothing to skip but other names.
+            owner = _owner_key(query.owner)
+            searches = [(f"{owner}:state:{state}", "") for state in states]
+        elif name:
+            owner = _owner_key(query.owner)
+            searches = [(f"{owner}:name:{len(name.encode())}:{name}", ",".join(states))]
+        else:
+            searches = [(_owner_key(query.owner), ",".join(states))]
+        found = await asyncio.gather(*(
+            self._script("list", key, lo, hi, query.limit, wanted, name)
+            for key, wanted in searches
+        ))  # fmt: skip
+        ids = heapq.nlargest(query.limit, {i.decode() for page in found for i in page})
+        records = await asyncio.gather(*(self.get(job_id) for job_id in ids))
+        return [r for r in records if r is not None]
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
         job_id, value = await self._call("HMGET", item_key(name, owner, key), "job", "value")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import pickle
@@ -22,6 +24,7 @@ from service.jobs.record import (
     BatchProgress,
     FailedAttempt,
     JobEnd,
+    JobQuery,
     JobRecord,
     Progress,
     encode_attempts,
@@ -53,6 +56,7 @@ from service.jobs.sqlite.schema import (
     cancel,
     interrupt,
     item_key,
+    list_jobs_sql,
 )
 from service.jobs.sqlite.shards import (
     Shards,
@@ -309,6 +313,40 @@ class SqliteStore:
                 lost = record_of(row._replace(result=None), self.files, args=False)
                 return lost.replace(state=JobState.FAILED, error=str(ex))
         return None
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        states = sorted(s.value for s in query.states)
+        if len(states) > 1 and JobState.SUCCEEDED.value not in states:
+            # One walk of the state index each: SQLite would rather walk every job of the
+            # owner than merge several ranges of it.
+            groups = [[state] for state in states]
+        else:
+            groups = [states]
+        pages = [self._list_shards(query, group) for group in groups]
+        rows = heapq.merge(*itertools.chain(*pages), key=lambda row: row.id, reverse=True)
+        return [
+            record_of(row, self.files, args=False) for row in itertools.islice(rows, query.limit)
+        ]
+
+    def _list_shards(self, query: JobQuery, states: list[str]) -> list[list[JobRow]]:
+        """Each shard's page for ``query`` in ``states`` (any: none), newest first."""
+        sql = list_jobs_sql(
+            owner=query.owner is not None,
+            states=len(states),
+            succeeded=JobState.SUCCEEDED.value in states,
+            name=query.name is not None,
+            id_from=query.id_from is not None,
+            id_below=query.id_below is not None,
+        )
+        params: list[Any] = [
+            p for p in (query.owner, *states, query.name, query.id_from, query.id_below)
+            if p is not None
+        ]  # fmt: skip
+        params.append(query.limit)
+        return [
+            [JobRow._make(row) for row in conn.execute(sql, params)]
+            for _, conn in self._reads().search_order()
+        ]
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
         k = item_key(name, owner, key)
