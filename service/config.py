@@ -261,6 +261,13 @@ class Settings:
         "CANCEL_GRACE_S", 10, _int(0, 3600),
         "a cancelled io job that has not stopped by then ends cancelled, its result unused",
     )  # fmt: skip
+    idempotency_ttl_s: int = _setting(
+        "IDEMPOTENCY_TTL_S", 86_400, _int(60),
+        "how long an Idempotency-Key names the job it made (a retry within it is not a new job)",
+    )  # fmt: skip
+    idempotency_key_max: int = _setting(
+        "IDEMPOTENCY_KEY_MAX", 255, _int(1, 4096), "characters of an Idempotency-Key"
+    )
     list_max: int = _setting(
         "LIST_MAX", 200, _int(1, 10_000), "most jobs one page of GET /v1/jobs holds"
     )

@@ -109,6 +109,18 @@ class Conflict(ServiceError):
     title = "Conflict"
 
 
+class KeyInFlight(Conflict):
+    """A request with the same ``Idempotency-Key`` is still being accepted (409): retry."""
+
+    title = "Idempotency key in use"
+
+
+class KeyReused(Invalid):
+    """The ``Idempotency-Key`` was used before with another request (422)."""
+
+    title = "Idempotency key reused"
+
+
 class Overloaded(ServiceError):
     """A pool is full: the work is refused now, and may be retried later."""
 

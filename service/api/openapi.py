@@ -154,6 +154,13 @@ def _retry_after() -> dict[str, Any]:
     return {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
 
 
+def _replayed() -> dict[str, Any]:
+    return {
+        "description": "``true``: an earlier submit with this Idempotency-Key made this job.",
+        "schema": {"const": "true"},
+    }
+
+
 def _poll_hint() -> dict[str, Any]:
     """``Retry-After`` where only an unfinished job's answer has it."""
     return {
@@ -202,6 +209,18 @@ def _submit_headers(settings: Settings, what: str) -> list[dict[str, Any]]:
             "example": "30",
         },
         {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "description": "The same key (the client's own) with the same request answers with "
+            "the job the first made (``Idempotent-Replayed: true``), never a second job; with "
+            "another request it is 422, while the first is still being accepted 409. Kept "
+            f"{settings.idempotency_ttl_s} s (JOBPOOL_IDEMPOTENCY_TTL_S). A Structured Fields "
+            f"string (or bare), 1 to {settings.idempotency_key_max} printable ASCII characters "
+            "(JOBPOOL_IDEMPOTENCY_KEY_MAX); else 400.",
+            "schema": {"type": "string", "minLength": 1},
+            "example": '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
+        },
+        {
             "name": "Job-Not-Before",
             "in": "header",
             "description": "Start the job no sooner than this RFC 3339 date-time (a time "
@@ -241,6 +260,7 @@ def _submit_answers(
             {
                 "Location": {"$ref": "#/components/headers/Location"},
                 "Preference-Applied": {"schema": {"type": "string"}},
+                "Idempotent-Replayed": _replayed(),
             },
         ),
         "202": {
@@ -252,17 +272,22 @@ def _submit_answers(
                     "Location": {"$ref": "#/components/headers/Location"},
                     **_retry_after(),
                     "Preference-Applied": {"schema": {"type": "string"}},
+                    "Idempotent-Replayed": _replayed(),
                 },
             ),
             "links": _JOB_LINKS,
         },
         "400": _problem(
             "The body is not valid JSON, or Job-Delay / Job-Not-Before is malformed (or both "
-            "are given)."
+            "are given), or the Idempotency-Key is."
         ),
+        "409": _problem("A request with this Idempotency-Key is still being accepted: retry."),
         "413": _problem(too_large),
         "415": _problem(body),
-        "422": _problem(f"{invalid} Or the job would start past JOBPOOL_SCHEDULE_MAX_S."),
+        "422": _problem(
+            f"{invalid} Or the job would start past JOBPOOL_SCHEDULE_MAX_S, or the "
+            "Idempotency-Key was used with another request."
+        ),
         "503": _problem(
             "The pool is full or the worker is shutting down: retry after Retry-After.",
             _retry_after(),

@@ -33,8 +33,9 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 #: RFC 3339, UTC, milliseconds: ``2026-01-05T10:00:00.123Z``.
 #: How a cancelled job was stopped (see :class:`CancelDocument`).
 CancelHow = Literal["dequeued", "terminated", "stopped", "abandoned"]
-#: A job just stored: scheduled (to start later), queued or running.
-SubmittedState = Literal["scheduled", "queued", "running"]
+#: A job just stored: scheduled (to start later), queued or running; a replayed submit
+#: (the same Idempotency-Key) answers with the job's state now, whatever it is.
+SubmittedState = Literal["scheduled", "queued", "running", "succeeded", "failed", "cancelled"]
 Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 
 

@@ -205,19 +205,34 @@ end
 
 #: ARGV: prefix, id, pool, want (running 1, queued 0, scheduled s), queue max, consumer, now
 #: (the time it may start, for a scheduled job), owner, owner's cap of jobs in flight (0:
-#: none), field, value, … Returns {state, entry}: running (leased by the consumer), queued,
-#: scheduled, or not stored: {full, jobs waiting} or {client_limit, in flight}.
+#: none), idempotency key ('' for none), its fingerprint, its time to live (ms), field,
+#: value, … Returns {state, entry}: running (leased by the consumer), queued, scheduled,
+#: or not stored: {full, jobs waiting}, {client_limit, in flight}, or {taken, job id,
+#: fingerprint} (the key names another job: the check and the write are one step).
 ADD = r"""
 local id, pool, want, qmax, me, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local owner, cap = ARGV[8], tonumber(ARGV[9])
+local idem, fingerprint, ttl = ARGV[10], ARGV[11], ARGV[12]
 local job = P .. 'job:' .. id
 if redis.call('EXISTS', job) == 1 then  -- a retry of an add that was stored
   return {redis.call('HGET', job, 'state'), redis.call('HGET', job, 'entry') or ''}
 end
+if idem ~= '' then
+  local held = redis.call('HMGET', idem, 'job', 'fingerprint')
+  if held[1] then return {'taken', held[1], held[2]} end
+end
+-- Past every refusal below, the job is stored: its key with it.
+local function keep_key()
+  if idem ~= '' then
+    redis.call('HSET', idem, 'job', id, 'fingerprint', fingerprint)
+    redis.call('PEXPIRE', idem, ttl)
+  end
+end
 if want == 's' then  -- not in flight until it is due (promote counts it then)
   redis.call('HSET', job, 'pool', pool, 'state', 'scheduled', 'attempts', 0, 'not_before', now,
-             unpack(ARGV, 10))
+             unpack(ARGV, 13))
   index_new(job, id)
+  keep_key()
   redis.call('ZADD', SCHEDULED, now, id)
   return {'scheduled', ''}
 end
@@ -228,17 +243,19 @@ end
 local waiting = redis.call('XLEN', P .. 'queue:' .. pool)
 if want == '1' and waiting == 0 then
   ensure_running()
-  redis.call('HSET', job, 'pool', pool, 'state', 'running', 'attempts', 0, unpack(ARGV, 10))
+  redis.call('HSET', job, 'pool', pool, 'state', 'running', 'attempts', 0, unpack(ARGV, 13))
   redis.call('HINCRBY', INFLIGHT, owner, 1)
   index_new(job, id)
+  keep_key()
   return {'running', start(job, id, me, now)}
 end
 if waiting >= qmax then
   return {'full', tostring(waiting)}
 end
-redis.call('HSET', job, 'pool', pool, 'state', 'queued', 'attempts', 0, unpack(ARGV, 10))
+redis.call('HSET', job, 'pool', pool, 'state', 'queued', 'attempts', 0, unpack(ARGV, 13))
 redis.call('HINCRBY', INFLIGHT, owner, 1)
 index_new(job, id)
+keep_key()
 return {'queued', enqueue(job, id)}
 """
 

@@ -51,6 +51,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id);
 CREATE INDEX IF NOT EXISTS jobs_by_owner_name ON jobs (owner, name, id);
 CREATE INDEX IF NOT EXISTS jobs_unsucceeded ON jobs (state, owner, id) WHERE state != 'succeeded';
+-- Idempotency keys of the jobs this shard accepted (see keys.py): ``k`` is the owner and
+-- the key, length-prefixed; a key names its job until ``expires_at``.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    k TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 -- Running jobs of this shard that a client asked to stop: the worker that runs them looks
 -- here (a small table, empty nearly always) rather than through every job.
 CREATE TABLE IF NOT EXISTS stop_requests (
@@ -175,6 +183,15 @@ EXPIRED_JOBS = (
     "SELECT id, args = ?1, result = ?1 FROM jobs WHERE id < ?2 AND finished_at < ?3 LIMIT ?4"
 )
 DELETE_JOB = "DELETE FROM jobs WHERE id = ?"
+
+FIND_KEY = "SELECT job_id, fingerprint FROM idempotency_keys WHERE k = ? AND expires_at > ?"
+#: An expired key of the same name is replaced.
+PUT_KEY = (
+    "INSERT OR REPLACE INTO idempotency_keys (k, job_id, fingerprint, expires_at)"
+    " VALUES (?, ?, ?, ?)"
+)
+#: A full scan (no index on expires_at): the janitor runs it every few rounds only.
+DELETE_EXPIRED_KEYS = "DELETE FROM idempotency_keys WHERE expires_at < ?"
 
 ITEM_RESULT = "SELECT job_id, value FROM item_results WHERE k = ?"
 #: The same in a file its worker has not migrated yet (see MIGRATE_KEYED).

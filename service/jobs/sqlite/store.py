@@ -14,6 +14,7 @@ import pickle
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from service.jobs.document import CancelHow
 from service.jobs.record import (
     BatchProgress,
     FailedAttempt,
+    IdempotencyKey,
     JobEnd,
     JobQuery,
     JobRecord,
@@ -33,19 +35,23 @@ from service.jobs.record import (
 from service.jobs.registry import Pool
 from service.jobs.sqlite.checkpoints import Checkpointer
 from service.jobs.sqlite.group_commit import GroupCommit
+from service.jobs.sqlite.keys import KeyLocks
 from service.jobs.sqlite.payloads import PayloadFiles, PayloadMissing
 from service.jobs.sqlite.rows import APART, INLINE_MAX, dumps, item_rows, record_of, runnable
 from service.jobs.sqlite.schema import (
     COUNT_ITEMS,
     DELETE_EXPIRED_ITEMS,
+    DELETE_EXPIRED_KEYS,
     DELETE_JOB,
     DELETE_STOP_REQUEST,
     DUE_JOB,
     EXPIRED_JOBS,
+    FIND_KEY,
     ITEM_RESULT,
     JOB_ITEMS,
     KEYED_RESULT,
     PROGRESS_JOB,
+    PUT_KEY,
     REQUEUE_JOB,
     RETRY_JOB,
     SELECT_JOB,
@@ -97,6 +103,7 @@ class SqliteStore:
         self.result_ttl_s = result_ttl_s
         self.result_max = result_max
         self.files = PayloadFiles(directory / "payloads", max_bytes=payload_max_bytes)
+        self._keys = KeyLocks(directory / "keys")
         #: Jobs of this worker with their arguments in a file, to drop when they end.
         self._args_apart: set[str] = set()
         self.slot = -1
@@ -115,6 +122,7 @@ class SqliteStore:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.files.open()
+            self._keys.open()
             shard, fd = claim(self.directory)
             path = shard_path(self.directory, shard)
             conn = open_own(path, max_bytes=self.max_bytes)
@@ -159,17 +167,32 @@ class SqliteStore:
 
     # -- the Store interface ----------------------------------------------------------
 
-    async def add(self, record: JobRecord) -> JobState:
+    def hold_key(self, key: IdempotencyKey) -> AbstractAsyncContextManager[None]:
+        return self._keys.hold(key)
+
+    async def find_key(self, key: IdempotencyKey, now: float) -> tuple[str, bytes] | None:
+        for _, conn in self._reads().search_order():
+            found = conn.execute(FIND_KEY, (key.name, now)).fetchone()
+            if found is not None:
+                return str(found[0]), bytes(found[1])
+        return None
+
+    async def add(self, record: JobRecord, *, key: IdempotencyKey | None = None) -> JobState:
         items = None if record.items is None else dumps(record.items)
         args = dumps(record.args)
         if len(args) > INLINE_MAX:
             await self._put_file(record.id, "args", args)
             args = APART
             self._args_apart.add(record.id)
-        await self._writes().insert_job((
+        writes = self._writes()
+        committed = writes.insert_job((
             record.id, record.name, record.owner, record.state.value, record.created_at,
             record.started_at, record.attempts, args, items, record.not_before,
         ))  # fmt: skip
+        if key is not None:  # in the job's own transaction
+            row = (key.name, record.id, key.fingerprint, key.expires_at)
+            await writes.run(lambda conn: conn.execute(PUT_KEY, row))
+        await committed
         return record.state
 
     async def claim(self, room: Mapping[Pool, int], now: float) -> list[JobRecord]:
@@ -417,6 +440,7 @@ class SqliteStore:
             await asyncio.to_thread(self.files.drop, with_files)
         if self._purges % KEYED_PURGE_EVERY == 0:
             await writes.run(lambda conn: conn.execute(DELETE_EXPIRED_ITEMS, (floor,)).rowcount)
+            await writes.run(lambda conn: conn.execute(DELETE_EXPIRED_KEYS, (now,)).rowcount)
             # Files no row points at: written for a submit whose commit failed.
             await asyncio.to_thread(sweep, self.files, shard_paths(self.directory), floor)
         self._purges += 1
