@@ -41,7 +41,6 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.asgi.lifespan import LifespanManager, LifespanStartupFailed
 from gunicorn.asgi.parser import ParseError
 from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
-from gunicorn.http.errors import ParseException
 from gunicorn.workers.gasgi import ASGIWorker
 
 from service.api.middleware import TELEMETRY_STATE
@@ -51,9 +50,6 @@ from service.errors import BadRequest, IncompleteBody, RequestTimeout, ServiceEr
 
 __all__ = ["Protocol", "Receiver", "Worker"]
 
-_END = {"type": "http.request", "body": b"", "more_body": False}
-_NOTHING_YET = {"type": "http.request", "body": b"", "more_body": True}
-_DISCONNECT = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Characters of a parser's message, or of a path, kept in an answer or a log line.
 _ECHO_MAX = 200
@@ -121,14 +117,16 @@ class Receiver(BodyReceiver):  # type: ignore[misc]
             self.started = True
             if self._body_finished:  # ASGI: after the body, wait for the client to leave
                 await self._wait_for_disconnect()
-                return _DISCONNECT
+                return {"type": "http.disconnect"}
             self._body_finished = True
-            return _END
+            return {"type": "http.request", "body": b"", "more_body": False}
         if not self.started:
             # Falcon's first receive, before any middleware or route: a body that has not
             # come yet is not waited for here (nor asked for with a 100).
             self.started = True
-            return _DISCONNECT if self._client_gone else _NOTHING_YET
+            if self._client_gone:
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": b"", "more_body": True}
         while True:
             if self.failure is not None:
                 raise self.failure
@@ -149,7 +147,7 @@ class Receiver(BodyReceiver):  # type: ignore[misc]
                 return self._pop_chunk()  # type: ignore[no-any-return]
             if self._complete:
                 self._body_finished = True
-                return _END
+                return {"type": "http.request", "body": b"", "more_body": False}
 
     @property
     def _client_gone(self) -> bool:
@@ -197,7 +195,6 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
 
     def _arm_header_clock(self) -> None:
         if self._header_clock is None:
-            self._request_began = time.perf_counter()
             self._header_clock = self.worker.loop.call_later(
                 self._header_timeout_s, self._header_deadline
             )
@@ -244,7 +241,7 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
         # (400, counted and logged as usual); nothing more is read of this connection.
         try:
             self._callback_parser.feed(data)
-        except (ParseError, ParseException) as ex:
+        except Exception as ex:  # whichever parser (gunicorn_h1c raises classes of its own)
             receiver.fail(BadRequest(f"the body's chunked framing is broken: {_echo(str(ex))}"))
             self._pause_reading()
             return False
@@ -296,11 +293,12 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
         if came >= max(need, 1) or self._paused_in_window or self._reading_paused:
             self.start_body_clock()
             return
+        rate = self._body_window_bytes // self._body_window_s
         receiver.fail(
             RequestTimeout(
-                f"the body came at under {self._body_window_bytes // self._body_window_s} bytes/s"
-                f" over {self._body_window_s} s (JOBPOOL_BODY_MIN_RATE,"
-                f" JOBPOOL_BODY_TIMEOUT_S): {receiver.received} bytes received"
+                f"the body stalled, or came slower than {rate} bytes/s over"
+                f" {self._body_window_s} s (JOBPOOL_BODY_MIN_RATE, JOBPOOL_BODY_TIMEOUT_S):"
+                f" {receiver.received} bytes came"
             )
         )
 
@@ -401,13 +399,14 @@ class Worker(ASGIWorker):  # type: ignore[misc]
     async def _serve(self) -> None:
         # gunicorn's _serve, with this module's protocol: the lifespan, then one server per
         # listener, then the heartbeat until the worker is told to stop.
-        self.lifespan = LifespanManager(self.asgi, self.log, self.state)
-        try:
-            await self.lifespan.startup()
-        except (LifespanStartupFailed, RuntimeError) as ex:
-            self.log.error("ASGI lifespan startup failed: %s", ex)
-            self.lifespan = None
-            raise SystemExit(Arbiter.WORKER_BOOT_ERROR) from None
+        if self.cfg.asgi_lifespan != "off":  # jobpool's pools and store start with it
+            self.lifespan = LifespanManager(self.asgi, self.log, self.state)
+            try:
+                await self.lifespan.startup()
+            except (LifespanStartupFailed, RuntimeError) as ex:
+                self.log.error("ASGI lifespan startup failed: %s", ex)
+                self.lifespan = None
+                raise SystemExit(Arbiter.WORKER_BOOT_ERROR) from None
         ssl_context = self._get_ssl_context()
         for sock in self.sockets:
             server = await self.loop.create_server(
