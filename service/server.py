@@ -249,10 +249,12 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
 
     def _on_headers_complete(self) -> bool:
         parser = self._callback_parser
-        if parser.http_version >= (1, 1) and not any(
-            name.lower() == b"host" for name, _ in parser.headers
-        ):
-            raise MissingHost("an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)")
+        if parser.http_version >= (1, 1):
+            for name, _ in parser.headers:
+                if name == b"host" or name.lower() == b"host":
+                    break
+            else:
+                raise MissingHost("an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)")
         self._stop_header_clock()
         self._partial_request = False
         skip = super()._on_headers_complete()
