@@ -104,11 +104,6 @@ class Receiver(BodyReceiver):  # type: ignore[misc]
             self.failure = failure
         self._wake_waiter()
 
-    @property
-    def complete(self) -> bool:
-        """The body has arrived whole (or there was none)."""
-        return bool(self._complete)
-
     async def receive(self) -> dict[str, Any]:
         if self._chunks:
             self.started = True
@@ -235,7 +230,7 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
                 self._arm_header_clock()  # the headers are not complete yet
             return go_on
         receiver = self._body_receiver
-        if receiver is None or receiver.complete:
+        if receiver is None or receiver._complete:
             return bool(super()._feed_callback_parser(data))
         # Within a body the app is reading: a broken chunk framing is the app's to answer
         # (400, counted and logged as usual); nothing more is read of this connection.
@@ -283,8 +278,8 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
     def _body_window_end(self) -> None:
         self._body_clock = None
         receiver = self._body_receiver
-        if receiver is None or receiver.complete or receiver.failure is not None or self._closed:
-            return
+        if receiver is None or receiver._complete or receiver.failure is not None or self._closed:
+            return  # (the clock is not stopped when a body completes: it ends here)
         need = self._body_window_bytes
         length = self._current_request.content_length if self._current_request else 0
         if length:  # no more than the rest of the body
@@ -308,10 +303,6 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
         self._paused_in_window = True
         super()._pause_reading()
 
-    def _on_message_complete(self) -> None:
-        self._stop_body_clock()
-        super()._on_message_complete()
-
     # -- after the answer ----------------------------------------------------------------
 
     def _will_close(self, request: Any, response_requires_close: bool) -> bool:
@@ -320,7 +311,7 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
         # connection stays; here it does not if the body can no longer come whole.
         if (
             isinstance(receiver, Receiver)
-            and not receiver.complete
+            and not receiver._complete
             and (receiver.awaiting_continue or receiver.failure is not None)
         ):
             return True
@@ -329,8 +320,9 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
     async def _serve_http_request(self, request: Any, sockname: Any, peername: Any) -> bool:
         keepalive = bool(await super()._serve_http_request(request, sockname, peername))
         receiver = self._body_receiver
-        if not isinstance(receiver, Receiver) or receiver.complete or self._closed:
-            self._stop_body_clock()
+        if not isinstance(receiver, Receiver) or receiver._complete or self._closed:
+            if self._body_clock is not None:
+                self._stop_body_clock()
             return keepalive
         whole = False
         if not receiver.awaiting_continue and receiver.failure is None:
