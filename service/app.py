@@ -11,7 +11,7 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from service import signals
+from service import signals, ui
 from service.api import problems, security
 from service.api.fetch import FetchResource
 from service.api.health import Healthz, Readyz
@@ -187,12 +187,22 @@ def create_app(
     service = Service(settings, configured)
     layer = service.layer
     keyring = Keyring.from_settings(settings)
+    dashboard = (
+        ui.build(
+            settings, layer=layer, keyring=keyring, limits=service.limits, metrics=service.metrics
+        )
+        if settings.ui
+        else None
+    )
     metrics_port = port_of(settings.metrics_bind) if settings.metrics_bind else None
     middleware: list[Any] = [
         # Outside the security middleware: refused requests (401, 429) are timed and logged.
         Telemetry(service.metrics, metrics_port=metrics_port),
-        *security.middleware(settings, keyring, service.limits),
+        *security.middleware(
+            settings, keyring, service.limits, pages=dashboard.sessions if dashboard else None
+        ),
         Lifecycle(service.start, service.stop),
+        *([Lifecycle(dashboard.start, dashboard.stop)] if dashboard else []),
     ]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
@@ -214,6 +224,8 @@ def create_app(
     if service.metrics is not None:
         app.add_route("/metrics", MetricsResource(service.metrics))
     app.add_route("/openapi.json", OpenApiResource(document(settings)))
+    if dashboard is not None:
+        dashboard.install(app)
     if extend is not None:
         extend(app, layer, settings)
     return app

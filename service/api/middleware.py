@@ -90,6 +90,7 @@ class Telemetry:
             0.0 if started is None else self.clock() - started,
             getattr(req.context, "request_id", None),
             getattr(req.context, "job_id", None),
+            getattr(req.context, "owner", None),  # set once its key was known
         )
 
     def record(
@@ -101,11 +102,14 @@ class Telemetry:
         seconds: float,
         request_id: str | None,
         job_id: str | None = None,
+        client: str | None = None,
     ) -> None:
-        """Count one answer and write its access-log line (``route`` None: no route)."""
+        """Count one answer and write its access-log line (``route`` None: no route;
+        ``client`` None: its key was not known)."""
         route = route or UNMATCHED
         if self.metrics is not None:
-            self.metrics.request(route, method if method in METHODS else "other", status, seconds)
+            method_label = method if method in METHODS else "other"
+            self.metrics.request(route, method_label, status, seconds, client)
         if access_log.isEnabledFor(logging.INFO):
             line = LightRecord(
                 ACCESS_LOGGER, logging.INFO, "%s %s %d", (method, path, status),

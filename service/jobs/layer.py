@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.errors import (
+    Conflict,
     KeyReused,
     Overloaded,
     ShuttingDown,
@@ -436,6 +437,23 @@ class JobLayer:
         self.events.scheduled(spec.name)
         self.queue.schedule(spec.pool, record)
         return record
+
+    async def rerun(self, job_id: str) -> JobRecord | None:
+        """A new job with the name, arguments (and a batch's items) of the finished job
+        ``job_id``, for the same owner (None: no such job). Raises :class:`Conflict` when it
+        has not finished, or its arguments are no longer kept."""
+        before = await self.store.get(job_id)
+        if before is None:
+            return None
+        if not is_final(before.state):
+            raise Conflict(f"job {job_id} is {before.state.value}; only a finished job runs again")
+        args = await self.store.arguments(job_id)
+        if args is None or before.name not in self.registry:
+            raise Conflict(f"job {job_id}: its arguments are no longer kept; submit it again")
+        if before.items is not None:
+            return await self.submit_batch(before.name, before.items, owner=before.owner,
+                                           options=args)  # fmt: skip
+        return await self.submit(before.name, args, owner=before.owner)
 
     def _retried(self, record: JobRecord) -> None:
         """A failed attempt will run again: the job waits for its time."""
