@@ -179,3 +179,12 @@ def cpu_progress(pid_file: str) -> None:
     for step in range(10**9):
         current().progress(step, None, "spinning")
         time.sleep(0.05)
+
+
+@job("test.held_item", pool="io", timeout=60, item_key=str)
+def held_item(item: Any, *, path: str) -> Any:
+    """A batch item: ``"hold"`` runs until the file ``path`` exists, any other ends at once.
+    Keyed (as parcels are), so the batch's counts are written as its chunks end."""
+    while item == "hold" and not os.path.exists(path):
+        time.sleep(0.02)
+    return item

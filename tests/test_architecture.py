@@ -86,6 +86,8 @@ def broken_rules(importer: str, imported: str) -> str | None:
         and imported not in LAYER_SURFACE
     ):
         return "the API talks to the job layer only, not its stores, pools or rooms"
+    if within(importer, "service.client") and not within(imported, "service.client"):
+        return "the client talks to the server over HTTP only, never through its code"
     if within(importer, "service.clients") and (
         within(imported, "service.api") or within(imported, "service.tasks")
     ):
@@ -110,5 +112,6 @@ def test_the_rules_catch_a_wall_crossed() -> None:
     assert broken_rules("service.jobs.layer", "service.api.http") is not None
     assert broken_rules("service.tasks.parcels", "service.jobs.layer") is not None
     assert broken_rules("service.ids", "service.config") is not None
+    assert broken_rules("service.client.cli", "service.config") is not None
     assert broken_rules("service.api.parcels", "service.jobs.layer") is None
     assert service_imports(MODULES["service.api.parcels"]) >= {"service.jobs.layer"}
