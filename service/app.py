@@ -17,6 +17,7 @@ from service.api.fetch import FetchResource
 from service.api.health import Healthz, Readyz
 from service.api.images import ImagesResource
 from service.api.jobs import JobResource, JobResultResource
+from service.api.listing import JobsResource
 from service.api.metrics import MetricsResource
 from service.api.middleware import Lifecycle, RequestId, Telemetry
 from service.api.openapi import OpenApiResource, document
@@ -198,7 +199,7 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     # `?limit=` must reach validation as an empty value (422), not vanish as absent.
     app.req_options.keep_blank_qs_values = True
-    problems.install(app, drain_max=settings.drain_max)
+    problems.install(app)
     app.add_route("/healthz", Healthz())
     app.add_route(
         "/readyz", Readyz({"store": service.ping_store, "accepting": service.ping_accepting})
@@ -208,6 +209,7 @@ def create_app(
     app.add_route("/v1/fetch", FetchResource(layer, settings))
     app.add_route("/v1/images", ImagesResource(layer, settings))
     app.add_route("/v1/search", SearchResource(layer, settings))
+    app.add_route("/v1/jobs", JobsResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}", JobResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
     if service.metrics is not None:

@@ -29,6 +29,18 @@ class BadRequest(ServiceError, ValueError):
     title = "Bad request"
 
 
+class IncompleteBody(BadRequest):
+    """The body ended before its Content-Length, or its connection closed before its end."""
+
+    title = "Incomplete body"
+
+
+class RequestTimeout(ServiceError, TimeoutError):
+    """The body did not arrive in time (``JOBPOOL_BODY_TIMEOUT_S``, ``JOBPOOL_BODY_MIN_RATE``)."""
+
+    title = "Request timeout"
+
+
 class Invalid(ServiceError, ValueError):
     """The request parses but its content is not acceptable."""
 
@@ -107,6 +119,18 @@ class Conflict(ServiceError):
     """The job is in a state that does not allow the request (e.g. cancel a finished job)."""
 
     title = "Conflict"
+
+
+class KeyInFlight(Conflict):
+    """A request with the same ``Idempotency-Key`` is still being accepted (409): retry."""
+
+    title = "Idempotency key in use"
+
+
+class KeyReused(Invalid):
+    """The ``Idempotency-Key`` was used before with another request (422)."""
+
+    title = "Idempotency key reused"
 
 
 class Overloaded(ServiceError):

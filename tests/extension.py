@@ -14,7 +14,7 @@ import falcon
 import falcon.asgi
 
 from service.api.http import read_json
-from service.api.submitting import answer_submitted, requested_start
+from service.api.submitting import answer_submitted, idempotency_key, requested_start
 from service.config import Settings
 from service.jobs.layer import JobLayer
 from tests import jobs_for_tests  # noqa: F401 - registers the test jobs
@@ -47,7 +47,10 @@ class AnyTestJob:
             raise falcon.HTTPNotFound()
         args: dict[str, Any] = await read_json(req, 1 << 20)
         start = requested_start(req, horizon_s=self.settings.schedule_max_s)
-        record = await self.layer.submit(name, args, owner=req.context.owner, not_before=start)
+        key = idempotency_key(req, self.settings, name, args)
+        record = await self.layer.submit(
+            name, args, owner=req.context.owner, not_before=start, key=key
+        )
         await answer_submitted(self.layer, req, resp, record, self.settings)
 
 

@@ -245,14 +245,27 @@ async def tour_the_other_routes(doc: dict[str, Any], client: testing.ASGIConduct
     check(doc, fetch, "post", await post(fetch, json={"url": "ftp://example.test/x"}))
     check(doc, fetch, "post", await post(fetch, json={"url": "http://a.test/", "x": 1}))
     check(doc, fetch, "post", await post(fetch, body=b"[", headers={"Content-Type": JSON}))
-    # Loopback (allowed here), a port where nothing listens: stored, then failed.
+    # Loopback (allowed here), a port where nothing listens: stored, then retried later.
     queued = await post(fetch, json={"url": f"http://127.0.0.1:{closed_port()}/"})
     check(doc, fetch, "post", queued)
+    retried = await client.simulate_get(
+        f"/v1/jobs/{queued.json['job']}", headers={"Prefer": "wait=20"}
+    )
+    check(doc, "/v1/jobs/{job_id}", "get", retried)
+    assert retried.json["state"] == "scheduled"
+    assert retried.json["failed_attempts"][0]["attempt"] == 1
+    # A name that does not resolve: no retry would help, it fails at once.
+    queued = await post(fetch, json={"url": "http://no-such-host.invalid/"})
     failed = await client.simulate_get(
         f"/v1/jobs/{queued.json['job']}", headers={"Prefer": "wait=20"}
     )
     check(doc, "/v1/jobs/{job_id}", "get", failed)
     assert failed.json["state"] == "failed"
+    listed = await client.simulate_get("/v1/jobs?limit=2&state=failed,scheduled")
+    check(doc, "/v1/jobs", "get", listed)
+    assert [j["id"] for j in listed.json["jobs"]][:1] == [failed.json["id"]]
+    more = await client.simulate_get(f"/v1/jobs?limit=1&cursor={listed.json['next_cursor']}")
+    check(doc, "/v1/jobs", "get", more)  # another query's cursor: 422
 
     images = "/v1/images"
     png = encode(photo_image(40, 30), "PNG")

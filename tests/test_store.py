@@ -19,7 +19,14 @@ import pytest
 from service.config import StoreUrl
 from service.errors import StoreUnavailable
 from service.ids import new_id
-from service.jobs.record import BatchProgress, FailedAttempt, ItemRef, JobEnd, JobRecord
+from service.jobs.record import (
+    BatchProgress,
+    FailedAttempt,
+    ItemRef,
+    JobEnd,
+    JobQuery,
+    JobRecord,
+)
 from service.jobs.redis.store import RedisStore
 from service.jobs.registry import POOLS
 from service.jobs.sqlite.store import SqliteStore
@@ -493,3 +500,49 @@ async def test_every_move_changes_exactly_the_states_it_declares(
         else:
             assert after.state is state, (move.name, state, after.state)
     await store.close()
+
+
+async def test_listing_gives_each_owners_jobs_newest_first_by_filter(backend: Backend) -> None:
+    """list_jobs walks an owner's jobs newest first, by state, name and id bounds, across
+    workers' parts of the store, and never another owner's."""
+    a, b = await backend.opened(), await backend.opened()
+    made: list[JobRecord] = []
+    for i in range(12):
+        store = a if i % 2 else b
+        job = record("test.echo" if i % 3 else "cpu.thing", owner="alice" if i < 10 else "bob")
+        await store.add(job)
+        made.append(job)
+    done = made[0]
+    await b.start(done.id, 2.0)
+    await b.finish(done, JobState.SUCCEEDED, 3.0, result=None, error=None)
+    gone = made[1]
+    await a.cancel(gone.id, 4.0)
+    alice = [j.id for j in made if j.owner == "alice"]
+
+    async def ids(store: Store, **kw: Any) -> list[str]:
+        query = JobQuery(**{"owner": "alice", "limit": 100, **kw})
+        return [r.id for r in await store.list_jobs(query)]
+
+    assert await ids(a) == sorted(alice, reverse=True)
+    assert await ids(b) == sorted(alice, reverse=True)
+    assert await ids(a, limit=3) == sorted(alice, reverse=True)[:3]
+    assert await ids(a, states=frozenset({JobState.SUCCEEDED})) == [done.id]
+    assert await ids(a, states=frozenset({JobState.CANCELLED})) == [gone.id]
+    both = frozenset({JobState.SUCCEEDED, JobState.CANCELLED})
+    assert await ids(a, states=both) == sorted([done.id, gone.id], reverse=True)
+    queued = sorted(set(alice) - {done.id, gone.id}, reverse=True)
+    assert await ids(a, states=frozenset({JobState.QUEUED})) == queued
+    cpu = [j.id for j in made if j.owner == "alice" and j.name == "cpu.thing"]
+    assert await ids(a, name="cpu.thing") == sorted(cpu, reverse=True)
+    middle = sorted(alice)[3]
+    assert await ids(a, id_below=middle) == sorted(alice, reverse=True)[-3:]
+    assert await ids(a, id_from=middle) == sorted(alice, reverse=True)[:-3]
+    assert [r.id for r in await a.list_jobs(JobQuery(owner="bob", limit=9))] == sorted(
+        (j.id for j in made if j.owner == "bob"), reverse=True
+    )
+    everyone = await a.list_jobs(JobQuery(owner=None, limit=100))
+    assert [r.id for r in everyone] == sorted((j.id for j in made), reverse=True)
+    listed = (await a.list_jobs(JobQuery(owner="alice", limit=1)))[0]
+    assert (listed.args, listed.result) == ({}, None)  # a listing reads no payloads
+    await a.close()
+    await b.close()

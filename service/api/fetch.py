@@ -9,7 +9,7 @@ import msgspec
 
 from service import netguard
 from service.api.http import decode_struct, read_json
-from service.api.submitting import answer_submitted, requested_start
+from service.api.submitting import answer_submitted, idempotency_key, requested_start
 from service.config import Settings
 from service.errors import Invalid
 from service.jobs.layer import JobLayer
@@ -87,8 +87,9 @@ class FetchResource:
         except (netguard.BadURL, netguard.BlockedAddress) as ex:
             raise Invalid(f"refused URL: {ex}") from None
         start = requested_start(req, horizon_s=self.settings.schedule_max_s)
+        key = idempotency_key(req, self.settings, "fetch", url, method)
         record = await self.layer.submit(
             "fetch", {"url": url, "method": method, "limits": self.limits},
-            owner=req.context.owner, not_before=start,
+            owner=req.context.owner, not_before=start, key=key,
         )  # fmt: skip
         await answer_submitted(self.layer, req, resp, record, self.settings)

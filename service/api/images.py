@@ -5,7 +5,7 @@ from __future__ import annotations
 import falcon.asgi
 
 from service.api.http import read_body
-from service.api.submitting import answer_submitted, requested_start
+from service.api.submitting import answer_submitted, idempotency_key, requested_start
 from service.config import Settings
 from service.errors import UnsupportedMediaType
 from service.jobs.layer import JobLayer
@@ -44,10 +44,12 @@ class ImagesResource:
         info = probe(data, max_pixels=s.image_max_pixels)
         check_request(request, info, max_pixels=s.image_max_pixels)
         start = requested_start(req, horizon_s=s.schedule_max_s)
+        args = {"data": data, "request": request.to_dict(), "max_pixels": s.image_max_pixels}
         record = await self.layer.submit(
             "image",
-            {"data": data, "request": request.to_dict(), "max_pixels": s.image_max_pixels},
+            args,
             owner=req.context.owner,
             not_before=start,
+            key=idempotency_key(req, s, "image", data, request.to_dict()),
         )
         await answer_submitted(self.layer, req, resp, record, s)

@@ -23,14 +23,15 @@ from service.api.search import BLANK_FREE_PATTERN
 from service.api.search_answer import SearchAnswer
 from service.api.security import OPEN_PATHS
 from service.config import Settings
-from service.jobs.document import JobDocument, Submitted
+from service.jobs.document import JobDocument, JobPage, Submitted
+from service.jobs.state import JobState
 from service.tasks.parcels import Batch
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
 REF = "#/components/schemas/{name}"
 #: The Structs whose schemas (and those of the Structs and enums they hold) are derived.
-DERIVED = (Problem, Batch, Submitted, JobDocument, Fetch, SearchAnswer)
+DERIVED = (Problem, Batch, Submitted, JobDocument, JobPage, Fetch, SearchAnswer)
 
 # -- schemas ------------------------------------------------------------------------------
 
@@ -63,6 +64,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "total": count,
                 "done": count,
                 "failed": count,
+                "skipped": {"description": "Items not run: the batch was cancelled.", **count},
                 "failures": {
                     "type": "array",
                     "items": {
@@ -152,6 +154,27 @@ def _retry_after() -> dict[str, Any]:
     return {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
 
 
+def _replayed() -> dict[str, Any]:
+    return {
+        "description": "``true``: an earlier submit with this Idempotency-Key made this job.",
+        "schema": {"const": "true"},
+    }
+
+
+def _poll_hint() -> dict[str, Any]:
+    """``Retry-After`` where only an unfinished job's answer has it."""
+    return {
+        "description": "Seconds before it is worth reading the job again (until a "
+        "scheduled job's time); only while the job has not ended.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+
+
+_STATE = "(" + "|".join(state.value for state in JobState) + ")"
+#: One state, or several comma-separated.
+_STATES_PATTERN = f"^{_STATE}(,{_STATE})*$"
+
+
 def _job_id() -> dict[str, Any]:
     return {
         "name": "job_id",
@@ -172,13 +195,50 @@ _JOB_LINKS = {
 }
 
 
+def _submit_headers(settings: Settings, what: str) -> list[dict[str, Any]]:
+    """The request headers every submit takes."""
+    return [
+        _prefer(settings, what),
+        {
+            "name": "Job-Delay",
+            "in": "header",
+            "description": "Start the job no sooner than this many seconds from now (it is "
+            f"``scheduled`` until then); at most {settings.schedule_max_s} "
+            "(JOBPOOL_SCHEDULE_MAX_S). Not with Job-Not-Before.",
+            "schema": {"type": "string", "pattern": "^[0-9]{1,10}(\\.[0-9]{1,6})?$"},
+            "example": "30",
+        },
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "description": "The same key (the client's own) with the same request answers with "
+            "the job the first made (``Idempotent-Replayed: true``), never a second job; with "
+            "another request it is 422, while the first is still being accepted 409. Kept "
+            f"{settings.idempotency_ttl_s} s (JOBPOOL_IDEMPOTENCY_TTL_S). A Structured Fields "
+            f"string (or bare), 1 to {settings.idempotency_key_max} printable ASCII characters "
+            "(JOBPOOL_IDEMPOTENCY_KEY_MAX); else 400.",
+            "schema": {"type": "string", "minLength": 1},
+            "example": '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
+        },
+        {
+            "name": "Job-Not-Before",
+            "in": "header",
+            "description": "Start the job no sooner than this RFC 3339 date-time (a time "
+            "already past: at once); at most JOBPOOL_SCHEDULE_MAX_S ahead.",
+            "schema": {"type": "string", "format": "date-time"},
+            "example": "2030-01-01T09:00:00Z",
+        },
+    ]
+
+
 def _prefer(settings: Settings, what: str) -> dict[str, Any]:
     return {
         "name": "Prefer",
         "in": "header",
         "required": False,
         "description": f"``wait=N`` (RFC 7240): hold the answer up to N s (at most "
-        f"{settings.wait_max_s}, JOBPOOL_WAIT_MAX_S) for {what}.",
+        f"{settings.wait_max_s}, JOBPOOL_WAIT_MAX_S) for {what}; ``respond-async``: answer "
+        "at once. ``Preference-Applied`` names what was honoured.",
         "schema": {"type": "string"},
         "example": "wait=5",
     }
@@ -200,20 +260,34 @@ def _submit_answers(
             {
                 "Location": {"$ref": "#/components/headers/Location"},
                 "Preference-Applied": {"schema": {"type": "string"}},
+                "Idempotent-Replayed": _replayed(),
             },
         ),
         "202": {
             **_answer(
-                "The job is stored: it runs now or waits its turn. ``Location`` points at it.",
+                "The job is stored: it runs now, waits its turn, or waits for its time "
+                "(scheduled). ``Location`` points at it; ``Retry-After`` says when to look.",
                 _json(_ref("Submitted")),
-                {"Location": {"$ref": "#/components/headers/Location"}},
+                {
+                    "Location": {"$ref": "#/components/headers/Location"},
+                    **_retry_after(),
+                    "Preference-Applied": {"schema": {"type": "string"}},
+                    "Idempotent-Replayed": _replayed(),
+                },
             ),
             "links": _JOB_LINKS,
         },
-        "400": _problem("The body is not valid JSON."),
+        "400": _problem(
+            "The body is not valid JSON, or Job-Delay / Job-Not-Before is malformed (or both "
+            "are given), or the Idempotency-Key is."
+        ),
+        "409": _problem("A request with this Idempotency-Key is still being accepted: retry."),
         "413": _problem(too_large),
         "415": _problem(body),
-        "422": _problem(invalid),
+        "422": _problem(
+            f"{invalid} Or the job would start past JOBPOOL_SCHEDULE_MAX_S, or the "
+            "Idempotency-Key was used with another request."
+        ),
         "503": _problem(
             "The pool is full or the worker is shutting down: retry after Retry-After.",
             _retry_after(),
@@ -265,7 +339,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "post": {
                 "operationId": "submitParcels",
                 "summary": "Submit a batch of parcels: one job, one io task per item.",
-                "parameters": [_prefer(settings, "the job to end")],
+                "parameters": _submit_headers(settings, "the job to end"),
                 "requestBody": {"required": True, "content": _json(_ref("Batch"))},
                 "responses": _submit_answers(
                     done=_json({"oneOf": [_ref("BatchResult"), _ref("JobDocument")]}),
@@ -281,7 +355,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "post": {
                 "operationId": "submitFetch",
                 "summary": "Fetch a URL on the io pool (timeouts, size cap, SSRF guard).",
-                "parameters": [_prefer(settings, "the job to end")],
+                "parameters": _submit_headers(settings, "the job to end"),
                 "requestBody": {"required": True, "content": _json(_ref("Fetch"))},
                 "responses": _submit_answers(
                     done=_json({"oneOf": [_ref("Fetched"), _ref("JobDocument")]}),
@@ -296,7 +370,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "post": {
                 "operationId": "submitImage",
                 "summary": "Thumbnail, resize, crop, rotate or gray an image on the cpu pool.",
-                "parameters": [*_image_params(settings), _prefer(settings, "the image")],
+                "parameters": [*_image_params(settings), *_submit_headers(settings, "the image")],
                 "requestBody": {
                     "required": True,
                     "description": "The image itself (jpeg, png, webp, gif, bmp, tiff).",
@@ -372,23 +446,86 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "parameters": [_job_id(), _prefer(settings, "the job to end")],
                 "responses": {
                     "200": _answer(
-                        "The job.",
+                        "The job; an unfinished one with ``Retry-After``: when to look again.",
                         _json(_ref("JobDocument")),
-                        {"Preference-Applied": {"schema": {"type": "string"}}},
+                        {
+                            "Preference-Applied": {"schema": {"type": "string"}},
+                            "Retry-After": _poll_hint(),
+                        },
                     ),
                     "404": not_found,
                 },
             },
             "delete": {
                 "operationId": "cancelJob",
-                "summary": "Cancel a job that has not started; the job stays readable.",
+                "summary": "Cancel a job. One that has not started ends at once (``cancel."
+                "how``: dequeued). A running one is stopped: a cpu job's process is "
+                "terminated; an io job is asked to stop (its task checks) and, past "
+                f"{settings.cancel_grace_s} s (JOBPOOL_CANCEL_GRACE_S), given up "
+                "(abandoned: its result is thrown away); a batch skips its remaining items. "
+                "The job stays readable.",
                 "parameters": [_job_id()],
                 "responses": {
-                    "200": _answer("The job, now cancelled.", _json(_ref("JobDocument"))),
+                    "200": _answer(
+                        "The job, now cancelled; ``cancel.how`` says how it was stopped.",
+                        _json(_ref("JobDocument")),
+                    ),
+                    "202": _answer(
+                        "The job runs and was asked to stop; it is stopping still.",
+                        _json(_ref("JobDocument")),
+                        {"Retry-After": _poll_hint()},
+                    ),
                     "404": not_found,
-                    "409": _problem("The job is running or ended: it cannot be cancelled."),
+                    "409": _problem("The job has ended (or ended before it could be stopped)."),
                 },
             },
+        },
+        "/v1/jobs": {
+            "get": {
+                "operationId": "listJobs",
+                "summary": "The caller's jobs, newest first, a page at a time. A cursor walk "
+                "sees each job that existed when it began exactly once.",
+                "parameters": [
+                    _query(
+                        "state",
+                        {"type": "string", "pattern": _STATES_PATTERN},
+                        "Jobs in this state (or these, comma-separated).",
+                    ),
+                    _query("job", {"type": "string", "minLength": 1}, "Jobs of this name."),
+                    _query(
+                        "created_after",
+                        {"type": "string", "format": "date-time"},
+                        "Jobs created at or after this RFC 3339 date-time.",
+                    ),
+                    _query(
+                        "created_before",
+                        {"type": "string", "format": "date-time"},
+                        "Jobs created before this RFC 3339 date-time.",
+                    ),
+                    _query(
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": settings.list_max,
+                            "default": min(50, settings.list_max),
+                        },
+                        "Jobs per page (JOBPOOL_LIST_MAX at most).",
+                    ),
+                    _query(
+                        "cursor",
+                        {"type": "string", "minLength": 1},
+                        "The next_cursor of the page before (with the same filters).",
+                    ),
+                ],
+                "responses": {
+                    "200": _answer("A page of jobs.", _json(_ref("JobPage"))),
+                    "422": _problem(
+                        "An unknown state or parameter, a repeated one, a limit out of range, "
+                        "a time that is not RFC 3339, or a cursor of other filters."
+                    ),
+                },
+            }
         },
         "/v1/jobs/{job_id}/result": {
             "get": {
@@ -467,7 +604,9 @@ def _version() -> str:
 
 
 def _secure(paths: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Every operation may answer 400 and 414 (request limits); all but the open ones take a
+    """Every operation may answer 400 and 414 (request limits), and 408 and 431 (the HTTP
+    layer, service/server.py; its 501 is in the document's description, since an operation
+    documents no 5xx but 503); all but the open ones take a
     bearer key and may answer 401 and 429 (none with JOBPOOL_AUTH=off; /metrics is open on
     a listener of its own, as the security middleware has it), and with the Redis store 503
     (the client's rate is kept there)."""
@@ -477,9 +616,22 @@ def _secure(paths: dict[str, Any], settings: Settings) -> dict[str, Any]:
             # Every route: the request limits answer before any route's own checks.
             responses = operation["responses"]
             responses.setdefault("400", _problem(
-                "More query parameters than JOBPOOL_QUERY_PARAMS_MAX, or a malformed request."
+                "More query parameters than JOBPOOL_QUERY_PARAMS_MAX, or a malformed request"
+                " (refused by the HTTP layer: its framing, an HTTP/1.1 request without Host)."
             ))  # fmt: skip
-            responses.setdefault("414", _problem("A URL longer than JOBPOOL_URL_MAX."))
+            responses.setdefault("414", _problem(
+                "A URL longer than JOBPOOL_URL_MAX, or a request line over"
+                " JOBPOOL_REQUEST_LINE_MAX (the HTTP layer)."
+            ))  # fmt: skip
+            # The HTTP layer's own (service/server.py), before any route:
+            responses.setdefault("408", _problem(
+                "The headers did not arrive within JOBPOOL_HEADER_TIMEOUT_S, or a body came"
+                " slower than JOBPOOL_BODY_MIN_RATE over JOBPOOL_BODY_TIMEOUT_S."
+            ))  # fmt: skip
+            responses.setdefault("431", _problem(
+                "More header fields than JOBPOOL_HEADER_COUNT_MAX, or one over"
+                " JOBPOOL_HEADER_BYTES_MAX."
+            ))  # fmt: skip
             if path in open_paths or not settings.auth:
                 operation["security"] = []
                 continue
@@ -509,7 +661,10 @@ def document(settings: Settings) -> dict[str, Any]:
             "title": "jobpool",
             "version": _version(),
             "description": "An HTTP job service: endpoints submit jobs to shared pools. "
-            "Errors are application/problem+json (RFC 9457).",
+            "Errors are application/problem+json (RFC 9457), those the HTTP layer gives before "
+            "any route included: 400 (malformed framing, HTTP/1.1 without Host), 408 "
+            "(JOBPOOL_HEADER_TIMEOUT_S, or a body slower than JOBPOOL_BODY_MIN_RATE), 414, 431, "
+            "and 501 for a Transfer-Encoding other than chunked.",
         },
         "paths": _secure(_paths(settings), settings),
         **({"security": [{"bearer": []}]} if settings.auth else {}),

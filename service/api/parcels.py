@@ -8,7 +8,7 @@ import falcon.asgi
 import msgspec
 
 from service.api.http import decode_struct, read_json, send_json
-from service.api.submitting import answer_submitted, requested_start
+from service.api.submitting import answer_submitted, idempotency_key, requested_start
 from service.config import Settings
 from service.errors import NotFound
 from service.jobs.layer import JobLayer
@@ -40,9 +40,11 @@ class ParcelsResource:
             req, self.settings.body_max, partial(decode_batch, max_items=max_items)
         )
         start = requested_start(req, horizon_s=self.settings.schedule_max_s)
+        key = idempotency_key(req, self.settings, "parcel", items)
         record = await self.layer.submit_batch(
-            "parcel", items, owner=req.context.owner, options=self.options, not_before=start
-        )
+            "parcel", items, owner=req.context.owner, options=self.options, not_before=start,
+            key=key,
+        )  # fmt: skip
         await answer_submitted(self.layer, req, resp, record, self.settings, accepted=len(items))
 
 

@@ -6,11 +6,17 @@ the answer.
   at once. ``Preference-Applied`` names what was honoured.
 - ``Job-Delay: <seconds>`` or ``Job-Not-Before: <RFC 3339 date-time>``: the job starts no
   sooner (it is ``scheduled`` until then), at most ``JOBPOOL_SCHEDULE_MAX_S`` ahead.
+- ``Idempotency-Key`` (draft-ietf-httpapi-idempotency-key-header): a submit retried with
+  the same key and the same request gets the job the first one made (same id and
+  ``Location``, ``Idempotent-Replayed: true``), never a second job; the same key with
+  another request is 422, and one while the first is still being accepted 409. Keys are
+  the client's own, kept ``JOBPOOL_IDEMPOTENCY_TTL_S``.
 - The 202 carries ``Location`` and ``Retry-After`` (when to look again).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import time
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import falcon.asgi
+import msgspec
 
 from service.api.http import send_struct
 from service.api.results import result_body
@@ -25,7 +32,7 @@ from service.config import Settings
 from service.errors import BadRequest, Invalid
 from service.jobs.document import Submitted, SubmittedState
 from service.jobs.layer import JobLayer
-from service.jobs.record import JobRecord
+from service.jobs.record import IdempotencyKey, JobRecord
 from service.jobs.state import JobState, is_final
 from service.rfc3339 import timestamp
 
@@ -35,6 +42,11 @@ _ASYNC = re.compile(r"(?:^|[,\s])respond-async\b", re.IGNORECASE)
 _DELAY = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,6})?")
 DELAY_HEADER = "Job-Delay"
 NOT_BEFORE_HEADER = "Job-Not-Before"
+KEY_HEADER = "Idempotency-Key"
+#: A key sent bare: visible ASCII without quotes, backslashes or spaces.
+_BARE_KEY = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+#: The inside of a Structured Fields string (RFC 8941): printable ASCII, \" and \\ escaped.
+_SF_STRING = re.compile(r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*')
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,35 @@ def requested_start(
     return start if start > now else None
 
 
+def idempotency_key(
+    req: falcon.asgi.Request, settings: Settings, *request: Any
+) -> IdempotencyKey | None:
+    """The request's ``Idempotency-Key`` (a Structured Fields string, or bare), with the
+    fingerprint of what it submits: ``request`` (the job and its arguments, as stored) and
+    the headers that shape it. None without one; 400 when it is malformed or too long."""
+    raw = req.get_header(KEY_HEADER)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"' and _SF_STRING.fullmatch(text[1:-1]):
+        key = re.sub(r"\\(.)", r"\1", text[1:-1])
+    elif _BARE_KEY.fullmatch(text):
+        key = text
+    else:
+        raise BadRequest(
+            f"{KEY_HEADER} must be a string of printable ASCII, quoted (RFC 8941) or bare"
+        )
+    if not key or len(key) > settings.idempotency_key_max:
+        raise BadRequest(
+            f"{KEY_HEADER} must have 1 to {settings.idempotency_key_max} characters"
+            " (JOBPOOL_IDEMPOTENCY_KEY_MAX)"
+        )
+    shaping = [req.method, req.get_header(DELAY_HEADER), req.get_header(NOT_BEFORE_HEADER)]
+    fingerprint = hashlib.sha256(msgspec.msgpack.encode([*shaping, *request])).digest()
+    owner: str = req.context.owner
+    return IdempotencyKey(owner, key, fingerprint, time.time() + settings.idempotency_ttl_s)
+
+
 def retry_after(record: JobRecord, hint_s: int, now: float | None = None) -> int | None:
     """Seconds to wait before reading an unfinished job again (a scheduled one: until its
     time, at least ``hint_s``); None for a finished job."""
@@ -110,10 +151,12 @@ def accepted(
 ) -> None:
     """202 for a stored job, pointing at it."""
     resp.set_header("Location", f"/v1/jobs/{record.id}")
+    if record.replayed:
+        resp.set_header("Idempotent-Replayed", "true")
     hint = retry_after(record, settings.poll_hint_s)
     if hint is not None:
         resp.set_header("Retry-After", str(hint))
-    state: SubmittedState = record.state.value  # type: ignore[assignment]  # a new job's
+    state: SubmittedState = record.state.value
     send_struct(resp, Submitted(job=record.id, state=state, **extra), status=202)
 
 
@@ -135,6 +178,8 @@ async def answer_submitted(
                 resp.set_header("Preference-Applied", applied)
             resp.set_header("Location", f"/v1/jobs/{record.id}")
             resp.set_header("X-Job-Id", record.id)
+            if record.replayed:
+                resp.set_header("Idempotent-Replayed", "true")
             if final.state is JobState.SUCCEEDED and final.result is not None:
                 result_body(resp, final)
             else:

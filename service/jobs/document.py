@@ -21,6 +21,7 @@ __all__ = [
     "ItemCounts",
     "JobDocument",
     "JobId",
+    "JobPage",
     "ProgressDocument",
     "Submitted",
     "SubmittedState",
@@ -32,8 +33,9 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 #: RFC 3339, UTC, milliseconds: ``2026-01-05T10:00:00.123Z``.
 #: How a cancelled job was stopped (see :class:`CancelDocument`).
 CancelHow = Literal["dequeued", "terminated", "stopped", "abandoned"]
-#: A job just stored: scheduled (to start later), queued or running.
-SubmittedState = Literal["scheduled", "queued", "running"]
+#: A job just stored: scheduled (to start later), queued or running; a replayed submit
+#: (the same Idempotency-Key) answers with the job's state now, whatever it is.
+SubmittedState = Literal["scheduled", "queued", "running", "succeeded", "failed", "cancelled"]
 Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 
 
@@ -92,6 +94,14 @@ class JobDocument(msgspec.Struct, forbid_unknown_fields=True):
     failed_attempts: list[AttemptDocument] | msgspec.UnsetType = msgspec.UNSET
     progress: ProgressDocument | msgspec.UnsetType = msgspec.UNSET
     cancel: CancelDocument | msgspec.UnsetType = msgspec.UNSET
+
+
+class JobPage(msgspec.Struct, forbid_unknown_fields=True):
+    """A page of the caller's jobs, newest first; ``next_cursor`` asks for the next page
+    (null: this is the last)."""
+
+    jobs: list[JobDocument]
+    next_cursor: str | None
 
 
 class Submitted(msgspec.Struct, forbid_unknown_fields=True):

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service.errors import Overloaded, ShuttingDown, StoreUnavailable, TooManyJobs
+from service.errors import KeyReused, Overloaded, ShuttingDown, StoreUnavailable, TooManyJobs
 from service.ids import new_id
 from service.jobs import events as ev
 from service.jobs.batches import Batch, BatchRunner
@@ -37,11 +37,11 @@ from service.jobs.io_pool import IoPool
 from service.jobs.janitor import janitor
 from service.jobs.lanes import Lane, Lanes, Waiting
 from service.jobs.queues import LocalQueue, Queue, SharedQueue
-from service.jobs.record import JobRecord
+from service.jobs.record import IdempotencyKey, JobQuery, JobRecord
 from service.jobs.registry import JobSpec, Pool, Registry
 from service.jobs.runner import SHUTDOWN, Runner
 from service.jobs.state import JobState, is_final
-from service.jobs.store import Store
+from service.jobs.store import KeyTaken, Store
 from service.jobs.unwritten import UnwrittenEnds
 
 log = logging.getLogger(__name__)
@@ -228,11 +228,18 @@ class JobLayer:
     # -- submitting -------------------------------------------------------------------
 
     async def submit(
-        self, name: str, args: dict[str, Any], *, owner: str, not_before: float | None = None
+        self,
+        name: str,
+        args: dict[str, Any],
+        *,
+        owner: str,
+        not_before: float | None = None,
+        key: IdempotencyKey | None = None,
     ) -> JobRecord:
         """Store the job ``name`` with keyword ``args`` and start it (or, with
-        ``not_before`` in the future, schedule it); raises Overloaded."""
-        return await self._accept(self.registry.get(name), args, None, owner, not_before)
+        ``not_before`` in the future, schedule it); raises Overloaded. With ``key``, a
+        submit of the same key and request gets the job an earlier one made (``replayed``)."""
+        return await self._keyed(self.registry.get(name), args, None, owner, not_before, key)
 
     async def submit_batch(
         self,
@@ -242,12 +249,46 @@ class JobLayer:
         owner: str,
         options: dict[str, Any] | None = None,
         not_before: float | None = None,
+        key: IdempotencyKey | None = None,
     ) -> JobRecord:
         """One job of ``len(items)`` tasks: ``fn(item, **options)`` for each item."""
         spec = self.registry.get(name)
         if spec.pool != "io" or spec.is_async:
             raise ValueError(f"job {name!r}: batches run on io threads, not {spec.pool!r}")
-        return await self._accept(spec, options or {}, items, owner, not_before)
+        return await self._keyed(spec, options or {}, items, owner, not_before, key)
+
+    async def _keyed(
+        self,
+        spec: JobSpec,
+        args: dict[str, Any],
+        items: list[Any] | None,
+        owner: str,
+        not_before: float | None,
+        key: IdempotencyKey | None,
+    ) -> JobRecord:
+        """A submit; with an idempotency key, once per key (and request) however often."""
+        if key is None:
+            return await self._accept(spec, args, items, owner, not_before, None)
+        async with self.store.hold_key(key):
+            found = await self.store.find_key(key, self.clock())
+            if found is not None:
+                return await self._replay(key, *found)
+            try:
+                return await self._accept(spec, args, items, owner, not_before, key)
+            except KeyTaken as ex:  # a shared store: another host stored it first
+                return await self._replay(key, ex.job_id, ex.fingerprint)
+
+    async def _replay(self, key: IdempotencyKey, job_id: str, fingerprint: bytes) -> JobRecord:
+        """The job an earlier submit of ``key`` made, for a submit of the same request."""
+        if fingerprint != key.fingerprint:
+            raise KeyReused(
+                "this Idempotency-Key was used with another request; use a new key for a "
+                "new request"
+            )
+        record = await self.store.get(job_id)
+        if record is None:  # its job outlived by its key: purged, as its results expired
+            raise KeyReused("the job of this Idempotency-Key has expired; use a new key")
+        return record.replace(replayed=True)
 
     async def _accept(
         self,
@@ -256,12 +297,13 @@ class JobLayer:
         items: list[Any] | None,
         owner: str,
         not_before: float | None,
+        key: IdempotencyKey | None,
     ) -> JobRecord:
         if self.draining:
             self.events.rejected(spec.name, ev.SHUTTING_DOWN)
             raise ShuttingDown("this worker is shutting down; retry on another")
         if not_before is not None and not_before > self.clock():
-            return await self._accept_later(spec, args, items, owner, not_before)
+            return await self._accept_later(spec, args, items, owner, not_before, key)
         pool = spec.pool
         hold = await self.admissions.admit(
             spec.name, pool, owner, 1 if items is None else len(items)
@@ -283,7 +325,7 @@ class JobLayer:
             items=items,
         )
         try:
-            stored = await self.store.add(record)
+            stored = await self.store.add(record, key=key)
         except BaseException as ex:
             self._refused(spec.name, ex)
             hold.release()
@@ -313,6 +355,7 @@ class JobLayer:
         items: list[Any] | None,
         owner: str,
         not_before: float,
+        key: IdempotencyKey | None,
     ) -> JobRecord:
         """A job that may start only at ``not_before``: stored scheduled. It takes no place
         in a pool and does not count in flight until then (it is admitted, past the
@@ -328,7 +371,7 @@ class JobLayer:
             not_before=not_before,
         )
         try:
-            await self.store.add(record)
+            await self.store.add(record, key=key)
         except BaseException as ex:
             self._refused(spec.name, ex)
             raise
@@ -385,6 +428,10 @@ class JobLayer:
 
     async def get(self, job_id: str) -> JobRecord | None:
         return await self.store.get(job_id)
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        """The jobs ``query`` asks for, newest first (their arguments and results left out)."""
+        return await self.store.list_jobs(query)
 
     async def item(self, name: str, owner: str, key: str) -> Any | None:
         """The newest result of an item with ``key`` of ``owner``'s batches of ``name``."""

@@ -74,6 +74,8 @@ class JobRecord:
     cancelled_how: CancelHow | None = None
     #: What its task last said of how far it got.
     progress: Progress | None = None
+    #: Not stored: this submit found the job an earlier one with its Idempotency-Key made.
+    replayed: bool = False
 
     @property
     def total(self) -> int | None:
@@ -196,3 +198,36 @@ def decode_progress(blob: bytes | None) -> Progress | None:
         return None
     done, total, message = msgspec.json.decode(blob)
     return Progress(done, total, message)
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Which jobs a listing wants: newest first, ``limit`` of them at most."""
+
+    #: Whose jobs (None: every client's, for operators).
+    owner: str | None
+    limit: int
+    #: Jobs in one of these states (empty: any).
+    states: frozenset[JobState] = frozenset()
+    #: Jobs of this name (``parcel``, ``fetch``, ...), or any.
+    name: str | None = None
+    #: Ids (time-ordered) at least this, and below that: the creation time bounds and the
+    #: cursor of the page before.
+    id_from: str | None = None
+    id_below: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A client's ``Idempotency-Key`` on a submit: the same key with the same request
+    (``fingerprint``) is the same job, kept until ``expires_at``."""
+
+    owner: str
+    key: str
+    fingerprint: bytes
+    expires_at: float
+
+    @property
+    def name(self) -> str:
+        """One text for owner and key (length-prefixed: no two pairs share it)."""
+        return f"{len(self.owner)}:{self.owner}{self.key}"

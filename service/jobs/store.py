@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from service.jobs.document import CancelHow
-from service.jobs.record import BatchProgress, FailedAttempt, JobEnd, JobRecord, Progress
+from service.jobs.record import (
+    BatchProgress,
+    FailedAttempt,
+    IdempotencyKey,
+    JobEnd,
+    JobQuery,
+    JobRecord,
+    Progress,
+)
 from service.jobs.registry import Pool
 from service.jobs.state import JobState
 
@@ -29,6 +38,15 @@ def capped_result(
     return blob, state, error
 
 
+class KeyTaken(Exception):
+    """Another submit stored a job with this idempotency key first (a shared store)."""
+
+    def __init__(self, job_id: str, fingerprint: bytes) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+        self.fingerprint = fingerprint
+
+
 class Store(Protocol):
     """Durable job state. Writes resolve only once they are committed."""
 
@@ -46,12 +64,20 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def add(self, record: JobRecord) -> JobState:
+    def hold_key(self, key: IdempotencyKey) -> AbstractAsyncContextManager[None]:
+        """Keep other submits of ``key`` (on any worker) out while this one looks for an
+        earlier job of it and stores its own; KeyInFlight when one is being accepted."""
+
+    async def find_key(self, key: IdempotencyKey, now: float) -> tuple[str, bytes] | None:
+        """The job and fingerprint of an unexpired earlier submit of ``key``, if any."""
+
+    async def add(self, record: JobRecord, *, key: IdempotencyKey | None = None) -> JobState:
         """Store a new job (queued, or running when it starts at once); return once it is
         durable (the 202 waits for this), with the state it was stored in: a shared queue
         that holds older jobs of the same pool stores a job offered as running as queued
         (first come, first served across the fleet). Raises Overloaded when a shared queue
-        is full."""
+        is full. With ``key``, the key is stored with the job in the same write (a shared
+        store raises KeyTaken if another submit stored it first)."""
 
     async def claim(self, room: Mapping[Pool, int], now: float) -> list[JobRecord]:
         """Start (queued → running, attempts + 1) up to ``room[pool]`` of the oldest queued
@@ -106,6 +132,10 @@ class Store(Protocol):
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job as the API shows it: everything but its arguments (left empty)."""
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        """The jobs ``query`` wants, newest first, without arguments or results; an index
+        walk, never a scan of every job."""
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
         """The newest successful item result of job ``name`` with ``key`` for ``owner``."""

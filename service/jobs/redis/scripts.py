@@ -64,6 +64,46 @@ local function field(job, name)
   return redis.call('HGET', job, name)
 end
 
+-- The listing indexes (GET /v1/jobs): sorted sets whose members are job ids, all scored 0,
+-- so they sort by id (time-ordered): every job, each owner's jobs, each owner's jobs of a
+-- name, and each owner's jobs in a state other than succeeded (as the SQLite store's
+-- partial index: a job that ends well leaves it, and nearly all do).
+local function owner_key(owner)
+  return P .. 'owner:' .. #owner .. ':' .. owner
+end
+
+local function unindex_state(owner, state, id)
+  if state and state ~= 'succeeded' then
+    redis.call('ZREM', owner_key(owner) .. ':state:' .. state, id)
+  end
+end
+
+local function index_state(owner, state, id)
+  if state ~= 'succeeded' then
+    redis.call('ZADD', owner_key(owner) .. ':state:' .. state, 0, id)
+  end
+end
+
+-- A job's state changes here only (after it is stored), so the indexes follow it.
+local function set_state(job, id, state)
+  local h = redis.call('HMGET', job, 'owner', 'state')
+  if h[2] ~= state then
+    unindex_state(h[1], h[2], id)
+    index_state(h[1], state, id)
+  end
+  redis.call('HSET', job, 'state', state)
+end
+
+-- A new job (its owner, name and state set) enters the indexes.
+local function index_new(job, id)
+  local h = redis.call('HMGET', job, 'owner', 'name', 'state')
+  local key = owner_key(h[1])
+  redis.call('ZADD', P .. 'jobs', 0, id)
+  redis.call('ZADD', key, 0, id)
+  redis.call('ZADD', key .. ':name:' .. #h[2] .. ':' .. h[2], 0, id)
+  index_state(h[1], h[3], id)
+end
+
 local function ensure_group(stream)
   -- BUSYGROUP (it exists) is the usual answer; pcall keeps it from ending the script.
   redis.pcall('XGROUP', 'CREATE', stream, G, '0', 'MKSTREAM')
@@ -103,7 +143,8 @@ end
 -- queued -> running for consumer `me`: one more attempt, and a lease entry of its own.
 local function start(job, id, me, now)
   drop_entry(job)
-  redis.call('HSET', job, 'state', 'running', 'started', now)
+  set_state(job, id, 'running')
+  redis.call('HSET', job, 'started', now)
   redis.call('HINCRBY', job, 'attempts', 1)
   local e = redis.call('XADD', RUN, '*', 'job', id)
   redis.call('XCLAIM', RUN, G, me, 0, e, 'FORCE', 'JUSTID')
@@ -134,7 +175,7 @@ local function promote(now, n)
     redis.call('ZREM', SCHEDULED, id)
     local job = P .. 'job:' .. id
     if may('due', redis.call('HGET', job, 'state')) then
-      redis.call('HSET', job, 'state', 'queued')
+      set_state(job, id, 'queued')
       redis.call('HINCRBY', INFLIGHT, redis.call('HGET', job, 'owner'), 1)
       enqueue(job, id)
     end
@@ -153,7 +194,8 @@ local function interrupt(e, reason)
   local state = redis.call('HGET', job, 'state')
   if redis.call('HGET', job, 'entry') ~= e or not may('requeue', state) then return 0 end
   redis.call('HDEL', job, 'entry', 'stream', 'holder')
-  redis.call('HSET', job, 'state', 'queued', 'error', reason, 'interrupted', '1')
+  set_state(job, id, 'queued')
+  redis.call('HSET', job, 'error', reason, 'interrupted', '1')
   redis.call('HINCRBY', job, 'interruptions', 1)
   enqueue(job, id)
   return 1
@@ -163,18 +205,34 @@ end
 
 #: ARGV: prefix, id, pool, want (running 1, queued 0, scheduled s), queue max, consumer, now
 #: (the time it may start, for a scheduled job), owner, owner's cap of jobs in flight (0:
-#: none), field, value, … Returns {state, entry}: running (leased by the consumer), queued,
-#: scheduled, or not stored: {full, jobs waiting} or {client_limit, in flight}.
+#: none), idempotency key ('' for none), its fingerprint, its time to live (ms), field,
+#: value, … Returns {state, entry}: running (leased by the consumer), queued, scheduled,
+#: or not stored: {full, jobs waiting}, {client_limit, in flight}, or {taken, job id,
+#: fingerprint} (the key names another job: the check and the write are one step).
 ADD = r"""
 local id, pool, want, qmax, me, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local owner, cap = ARGV[8], tonumber(ARGV[9])
+local idem, fingerprint, ttl = ARGV[10], ARGV[11], ARGV[12]
 local job = P .. 'job:' .. id
 if redis.call('EXISTS', job) == 1 then  -- a retry of an add that was stored
   return {redis.call('HGET', job, 'state'), redis.call('HGET', job, 'entry') or ''}
 end
+if idem ~= '' then
+  local held = redis.call('HMGET', idem, 'job', 'fingerprint')
+  if held[1] then return {'taken', held[1], held[2]} end
+end
+-- Past every refusal below, the job is stored: its key with it.
+local function keep_key()
+  if idem ~= '' then
+    redis.call('HSET', idem, 'job', id, 'fingerprint', fingerprint)
+    redis.call('PEXPIRE', idem, ttl)
+  end
+end
 if want == 's' then  -- not in flight until it is due (promote counts it then)
   redis.call('HSET', job, 'pool', pool, 'state', 'scheduled', 'attempts', 0, 'not_before', now,
-             unpack(ARGV, 10))
+             unpack(ARGV, 13))
+  index_new(job, id)
+  keep_key()
   redis.call('ZADD', SCHEDULED, now, id)
   return {'scheduled', ''}
 end
@@ -185,15 +243,19 @@ end
 local waiting = redis.call('XLEN', P .. 'queue:' .. pool)
 if want == '1' and waiting == 0 then
   ensure_running()
-  redis.call('HSET', job, 'pool', pool, 'attempts', 0, unpack(ARGV, 10))
+  redis.call('HSET', job, 'pool', pool, 'state', 'running', 'attempts', 0, unpack(ARGV, 13))
   redis.call('HINCRBY', INFLIGHT, owner, 1)
+  index_new(job, id)
+  keep_key()
   return {'running', start(job, id, me, now)}
 end
 if waiting >= qmax then
   return {'full', tostring(waiting)}
 end
-redis.call('HSET', job, 'pool', pool, 'state', 'queued', 'attempts', 0, unpack(ARGV, 10))
+redis.call('HSET', job, 'pool', pool, 'state', 'queued', 'attempts', 0, unpack(ARGV, 13))
 redis.call('HINCRBY', INFLIGHT, owner, 1)
+index_new(job, id)
+keep_key()
 return {'queued', enqueue(job, id)}
 """
 
@@ -263,7 +325,8 @@ if n > 0 then redis.call('HSET', job, unpack(ARGV, i + 1, i + 2 * n)) end
 i = i + 1 + 2 * n
 n = tonumber(ARGV[i])
 if n > 0 then redis.call('HDEL', job, unpack(ARGV, i + 1, i + n)) end
-redis.call('HSET', job, 'state', state, 'finished', now)
+set_state(job, id, state)
+redis.call('HSET', job, 'finished', now)
 redis.call('ZADD', P .. 'finished', now, id)
 return was
 """
@@ -275,7 +338,7 @@ local id = ARGV[2]
 local job = P .. 'job:' .. id
 if not may('requeue', field(job, 'state')) or field(job, 'holder') ~= ARGV[3] then return 0 end
 drop_entry(job)
-redis.call('HSET', job, 'state', 'queued')
+set_state(job, id, 'queued')
 redis.call('HDEL', job, 'interrupted')  -- cut off by a shutdown, not a crash
 if ARGV[4] == '' then
   redis.call('HDEL', job, 'error')
@@ -305,7 +368,8 @@ else
   drop_entry(job)
   count_out(job)
 end
-redis.call('HSET', job, 'state', 'cancelled', 'finished', now, 'cancelled_how', 'dequeued')
+set_state(job, id, 'cancelled')
+redis.call('HSET', job, 'finished', now, 'cancelled_how', 'dequeued')
 redis.call('ZADD', P .. 'finished', now, id)
 return 'cancelled'
 """
@@ -318,7 +382,8 @@ local job = P .. 'job:' .. id
 if not may('retry', field(job, 'state')) or field(job, 'holder') ~= ARGV[3] then return 0 end
 drop_entry(job)
 count_out(job)
-redis.call('HSET', job, 'state', 'scheduled', 'not_before', ARGV[4], 'error', ARGV[5],
+set_state(job, id, 'scheduled')
+redis.call('HSET', job, 'not_before', ARGV[4], 'error', ARGV[5],
            'failed_attempts', ARGV[6])
 redis.call('ZADD', SCHEDULED, ARGV[4], id)
 return 1
@@ -416,7 +481,16 @@ PURGE = r"""
 local cutoff, limit = ARGV[2], tonumber(ARGV[3])
 local ids = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', '(' .. cutoff, 'LIMIT', 0, limit)
 for _, id in ipairs(ids) do
-  redis.call('DEL', P .. 'job:' .. id)
+  local job = P .. 'job:' .. id
+  local h = redis.call('HMGET', job, 'owner', 'name', 'state')
+  if h[1] then
+    local key = owner_key(h[1])
+    redis.call('ZREM', key, id)
+    redis.call('ZREM', key .. ':name:' .. #h[2] .. ':' .. h[2], id)
+    unindex_state(h[1], h[3], id)
+  end
+  redis.call('ZREM', P .. 'jobs', id)
+  redis.call('DEL', job)
   redis.call('ZREM', P .. 'finished', id)
 end
 return #ids
@@ -446,7 +520,32 @@ for owner, n in pairs(counts) do redis.call('HSET', INFLIGHT, owner, n) end
 return total
 """
 
+#: ARGV: prefix, index (a sorted set of job ids), lowest id ('-' or '[id'), below ('+' or
+#: '(id'), limit, states wanted (comma-separated, '' for any), name or ''. The ids of the
+#: index in that range, newest first, whose job has one of the states and the name, up to
+#: limit (an index of the states themselves leaves little to skip).
+LIST = r"""
+local key, lo, hi, limit, name = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[7]
+local want = {}
+for s in string.gmatch(ARGV[6], '[^,]+') do want[s] = true end
+local out = {}
+while #out < limit do
+  local ids = redis.call('ZREVRANGEBYLEX', key, hi, lo, 'LIMIT', 0, math.max(limit, 100))
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local h = redis.call('HMGET', P .. 'job:' .. id, 'state', 'name')
+    if h[1] and (ARGV[6] == '' or want[h[1]]) and (name == '' or h[2] == name) then
+      out[#out + 1] = id
+      if #out >= limit then break end
+    end
+  end
+  hi = '(' .. ids[#ids]
+end
+return out
+"""
+
 SCRIPTS = {
+    "list": LIST,
     "add": ADD,
     "start": START,
     "claim": CLAIM,

@@ -31,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import logging
 import os
 import pickle
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +55,10 @@ from service.jobs.document import CancelHow
 from service.jobs.record import (
     BatchProgress,
     FailedAttempt,
+    IdempotencyKey,
     ItemRef,
     JobEnd,
+    JobQuery,
     JobRecord,
     Progress,
     decode_attempts,
@@ -66,7 +70,7 @@ from service.jobs.redis.scripts import PRELUDE, SCRIPTS
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot, host_id
 from service.jobs.state import JobState
-from service.jobs.store import INTERRUPTED, capped_result
+from service.jobs.store import INTERRUPTED, KeyTaken, capped_result
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,16 @@ def _record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
         cancelled_how=None if how is None else how.decode(),  # type: ignore[arg-type]
         progress=decode_progress(h.get(b"progress")),
     )
+
+
+def _key_key(key: IdempotencyKey) -> str:
+    """The Redis key of an idempotency key (it expires with it)."""
+    return f"{PREFIX}idem:{key.name}"
+
+
+def _owner_key(owner: str) -> str:
+    """The listing index of ``owner``'s jobs (see the scripts' ``owner_key``)."""
+    return f"{PREFIX}owner:{len(owner.encode())}:{owner}"
 
 
 def item_key(name: str, owner: str, key: str) -> bytes:
@@ -324,7 +338,15 @@ class RedisStore:
 
     # -- the Store interface ----------------------------------------------------------
 
-    async def add(self, record: JobRecord) -> JobState:
+    def hold_key(self, key: IdempotencyKey) -> AbstractAsyncContextManager[None]:
+        # Nothing to hold: the add script checks the key and stores it in one step.
+        return contextlib.nullcontext()
+
+    async def find_key(self, key: IdempotencyKey, now: float) -> tuple[str, bytes] | None:
+        job_id, fingerprint = await self._call("HMGET", _key_key(key), "job", "fingerprint")
+        return None if job_id is None else (job_id.decode(), fingerprint)
+
+    async def add(self, record: JobRecord, *, key: IdempotencyKey | None = None) -> JobState:
         fields: list[Any] = [
             "name", record.name, "owner", record.owner,
             "created", _num(record.created_at), "args", _dumps(record.args),
@@ -333,10 +355,17 @@ class RedisStore:
             fields += ["items", _dumps(record.items)]
         want = _WANT[record.state]
         when = record.not_before if record.state is JobState.SCHEDULED else record.started_at
-        state, entry = await self._script(
+        idem: list[Any] = ["", "", 0]
+        if key is not None:
+            ttl_ms = max(1, int((key.expires_at - time.time()) * 1000))
+            idem = [_key_key(key), key.fingerprint, ttl_ms]
+        state, entry, *taken = await self._script(
             "add", record.id, self.lane_of(record.name), want, self.queue_max, self.consumer,
-            _num(when or record.created_at), record.owner, self.client_max_inflight, *fields,
+            _num(when or record.created_at), record.owner, self.client_max_inflight, *idem,
+            *fields,
         )  # fmt: skip
+        if state == b"taken":
+            raise KeyTaken(entry.decode(), taken[0])
         if state == b"client_limit":
             raise TooManyJobs(
                 f"{self.client_max_inflight} jobs of this client are queued or running in the"
@@ -499,6 +528,30 @@ class RedisStore:
             return None
         fields = zip(RECORD_FIELDS, values, strict=True)
         return _record(job_id, {f: v for f, v in fields if v is not None})
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        lo = "-" if query.id_from is None else "[" + query.id_from
+        hi = "+" if query.id_below is None else "(" + query.id_below
+        name = query.name or ""
+        states = sorted(s.value for s in query.states)
+        if query.owner is None:
+            searches = [(PREFIX + "jobs", ",".join(states))]
+        elif states and JobState.SUCCEEDED.value not in states:
+            # Each state its own index: nothing to skip but other names.
+            owner = _owner_key(query.owner)
+            searches = [(f"{owner}:state:{state}", "") for state in states]
+        elif name:
+            owner = _owner_key(query.owner)
+            searches = [(f"{owner}:name:{len(name.encode())}:{name}", ",".join(states))]
+        else:
+            searches = [(_owner_key(query.owner), ",".join(states))]
+        found = await asyncio.gather(*(
+            self._script("list", key, lo, hi, query.limit, wanted, name)
+            for key, wanted in searches
+        ))  # fmt: skip
+        ids = heapq.nlargest(query.limit, {i.decode() for page in found for i in page})
+        records = await asyncio.gather(*(self.get(job_id) for job_id in ids))
+        return [r for r in records if r is not None]
 
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
         job_id, value = await self._call("HMGET", item_key(name, owner, key), "job", "value")

@@ -1,7 +1,12 @@
 """The tables of a shard, every statement run against them, and the migration of older files.
 
-Every statement is here, so that one read shows that each walks a primary key: the tables
-have no other index, as each index is one more B-tree written on every commit.
+Every statement is here, so that one read shows what each walks. Each index is one more
+B-tree written on every commit, so there are three, for listing a client's jobs
+(``GET /v1/jobs``), each chosen for what it costs a job: by client and by client and job
+name are written once per job (neither column ever changes); by state is partial, holding
+only jobs that have not succeeded, so a job that ends well leaves it again (and one stored
+already succeeded never enters it). Listing the succeeded jobs walks the first index: they
+are nearly all of them.
 """
 
 from __future__ import annotations
@@ -42,6 +47,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancelled_how TEXT,
     -- JSON: what the task last said of how far it got.
     progress BLOB
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id);
+CREATE INDEX IF NOT EXISTS jobs_by_owner_name ON jobs (owner, name, id);
+CREATE INDEX IF NOT EXISTS jobs_unsucceeded ON jobs (state, owner, id) WHERE state != 'succeeded';
+-- Idempotency keys of the jobs this shard accepted (see keys.py): ``k`` is the owner and
+-- the key, length-prefixed; a key names its job until ``expires_at``.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    k TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 -- Running jobs of this shard that a client asked to stop: the worker that runs them looks
 -- here (a small table, empty nearly always) rather than through every job.
@@ -168,6 +184,15 @@ EXPIRED_JOBS = (
 )
 DELETE_JOB = "DELETE FROM jobs WHERE id = ?"
 
+FIND_KEY = "SELECT job_id, fingerprint FROM idempotency_keys WHERE k = ? AND expires_at > ?"
+#: An expired key of the same name is replaced.
+PUT_KEY = (
+    "INSERT OR REPLACE INTO idempotency_keys (k, job_id, fingerprint, expires_at)"
+    " VALUES (?, ?, ?, ?)"
+)
+#: A full scan (no index on expires_at): the janitor runs it every few rounds only.
+DELETE_EXPIRED_KEYS = "DELETE FROM idempotency_keys WHERE expires_at < ?"
+
 ITEM_RESULT = "SELECT job_id, value FROM item_results WHERE k = ?"
 #: The same in a file its worker has not migrated yet (see MIGRATE_KEYED).
 KEYED_RESULT = "SELECT job_id, value FROM keyed WHERE name = ? AND owner = ? AND key = ?"
@@ -256,3 +281,28 @@ def migrate(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def list_jobs_sql(
+    *, owner: bool, states: int, succeeded: bool, name: bool, id_from: bool, id_below: bool
+) -> str:
+    """A page of jobs, newest first, for the filters given (``states`` of them, of which
+    ``succeeded`` says whether one is succeeded); arguments and results are left out (a
+    document needs neither). Every filter is a bound of one of the indexes, or a check on
+    the few rows one of them yields."""
+    where = []
+    if owner:
+        where.append("owner = ?")
+    if states:
+        where.append(f"state IN ({', '.join('?' * states)})")
+        if not succeeded:  # SQLite uses the partial index only when it sees its condition
+            where.append("state != 'succeeded'")
+    if name:
+        where.append("name = ?")
+    if id_from:
+        where.append("id >= ?")
+    if id_below:
+        where.append("id < ?")
+    columns = ", ".join("NULL" if c in ("args", "result") else c for c in JobRow._fields)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {columns} FROM jobs{clause} ORDER BY id DESC LIMIT ?"

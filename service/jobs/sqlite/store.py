@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import pickle
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,9 @@ from service.jobs.document import CancelHow
 from service.jobs.record import (
     BatchProgress,
     FailedAttempt,
+    IdempotencyKey,
     JobEnd,
+    JobQuery,
     JobRecord,
     Progress,
     encode_attempts,
@@ -30,19 +35,23 @@ from service.jobs.record import (
 from service.jobs.registry import Pool
 from service.jobs.sqlite.checkpoints import Checkpointer
 from service.jobs.sqlite.group_commit import GroupCommit
+from service.jobs.sqlite.keys import KeyLocks
 from service.jobs.sqlite.payloads import PayloadFiles, PayloadMissing
 from service.jobs.sqlite.rows import APART, INLINE_MAX, dumps, item_rows, record_of, runnable
 from service.jobs.sqlite.schema import (
     COUNT_ITEMS,
     DELETE_EXPIRED_ITEMS,
+    DELETE_EXPIRED_KEYS,
     DELETE_JOB,
     DELETE_STOP_REQUEST,
     DUE_JOB,
     EXPIRED_JOBS,
+    FIND_KEY,
     ITEM_RESULT,
     JOB_ITEMS,
     KEYED_RESULT,
     PROGRESS_JOB,
+    PUT_KEY,
     REQUEUE_JOB,
     RETRY_JOB,
     SELECT_JOB,
@@ -53,6 +62,7 @@ from service.jobs.sqlite.schema import (
     cancel,
     interrupt,
     item_key,
+    list_jobs_sql,
 )
 from service.jobs.sqlite.shards import (
     Shards,
@@ -93,6 +103,7 @@ class SqliteStore:
         self.result_ttl_s = result_ttl_s
         self.result_max = result_max
         self.files = PayloadFiles(directory / "payloads", max_bytes=payload_max_bytes)
+        self._keys = KeyLocks(directory / "keys")
         #: Jobs of this worker with their arguments in a file, to drop when they end.
         self._args_apart: set[str] = set()
         self.slot = -1
@@ -111,6 +122,7 @@ class SqliteStore:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.files.open()
+            self._keys.open()
             shard, fd = claim(self.directory)
             path = shard_path(self.directory, shard)
             conn = open_own(path, max_bytes=self.max_bytes)
@@ -155,17 +167,32 @@ class SqliteStore:
 
     # -- the Store interface ----------------------------------------------------------
 
-    async def add(self, record: JobRecord) -> JobState:
+    def hold_key(self, key: IdempotencyKey) -> AbstractAsyncContextManager[None]:
+        return self._keys.hold(key)
+
+    async def find_key(self, key: IdempotencyKey, now: float) -> tuple[str, bytes] | None:
+        for _, conn in self._reads().search_order():
+            found = conn.execute(FIND_KEY, (key.name, now)).fetchone()
+            if found is not None:
+                return str(found[0]), bytes(found[1])
+        return None
+
+    async def add(self, record: JobRecord, *, key: IdempotencyKey | None = None) -> JobState:
         items = None if record.items is None else dumps(record.items)
         args = dumps(record.args)
         if len(args) > INLINE_MAX:
             await self._put_file(record.id, "args", args)
             args = APART
             self._args_apart.add(record.id)
-        await self._writes().insert_job((
+        writes = self._writes()
+        committed = writes.insert_job((
             record.id, record.name, record.owner, record.state.value, record.created_at,
             record.started_at, record.attempts, args, items, record.not_before,
         ))  # fmt: skip
+        if key is not None:  # in the job's own transaction
+            row = (key.name, record.id, key.fingerprint, key.expires_at)
+            await writes.run(lambda conn: conn.execute(PUT_KEY, row))
+        await committed
         return record.state
 
     async def claim(self, room: Mapping[Pool, int], now: float) -> list[JobRecord]:
@@ -310,6 +337,40 @@ class SqliteStore:
                 return lost.replace(state=JobState.FAILED, error=str(ex))
         return None
 
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        states = sorted(s.value for s in query.states)
+        if len(states) > 1 and JobState.SUCCEEDED.value not in states:
+            # One walk of the state index each: SQLite would rather walk every job of the
+            # owner than merge several ranges of it.
+            groups = [[state] for state in states]
+        else:
+            groups = [states]
+        pages = [self._list_shards(query, group) for group in groups]
+        rows = heapq.merge(*itertools.chain(*pages), key=lambda row: row.id, reverse=True)
+        return [
+            record_of(row, self.files, args=False) for row in itertools.islice(rows, query.limit)
+        ]
+
+    def _list_shards(self, query: JobQuery, states: list[str]) -> list[list[JobRow]]:
+        """Each shard's page for ``query`` in ``states`` (any: none), newest first."""
+        sql = list_jobs_sql(
+            owner=query.owner is not None,
+            states=len(states),
+            succeeded=JobState.SUCCEEDED.value in states,
+            name=query.name is not None,
+            id_from=query.id_from is not None,
+            id_below=query.id_below is not None,
+        )
+        params: list[Any] = [
+            p for p in (query.owner, *states, query.name, query.id_from, query.id_below)
+            if p is not None
+        ]  # fmt: skip
+        params.append(query.limit)
+        return [
+            [JobRow._make(row) for row in conn.execute(sql, params)]
+            for _, conn in self._reads().search_order()
+        ]
+
     async def get_item(self, name: str, owner: str, key: str) -> Any | None:
         k = item_key(name, owner, key)
         best: tuple[str, Any, sqlite3.Connection] | None = None
@@ -379,6 +440,7 @@ class SqliteStore:
             await asyncio.to_thread(self.files.drop, with_files)
         if self._purges % KEYED_PURGE_EVERY == 0:
             await writes.run(lambda conn: conn.execute(DELETE_EXPIRED_ITEMS, (floor,)).rowcount)
+            await writes.run(lambda conn: conn.execute(DELETE_EXPIRED_KEYS, (now,)).rowcount)
             # Files no row points at: written for a submit whose commit failed.
             await asyncio.to_thread(sweep, self.files, shard_paths(self.directory), floor)
         self._purges += 1
