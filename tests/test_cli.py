@@ -616,3 +616,158 @@ def test_client_reads_documents_and_results(srv: Server) -> None:
         assert result.json()["done"] == 9
         with pytest.raises(NotFound):
             client.job("01m80z4h38adhscx7c6epxp5fx")
+
+
+# -- idempotency --------------------------------------------------------------------------
+
+
+def test_the_same_idempotency_key_answers_with_the_same_job(
+    srv: Server, batch_file: Path, tmp_path: Path
+) -> None:
+    """A submit repeated with its key is the first job, said to be replayed; the key with
+    another batch is refused (exit 3)."""
+    key = f"cli-test-{time.time_ns()}"
+    first = jobpool("submit", "parcels", str(batch_file), "--idempotency-key", key, server=srv)
+    again = jobpool("submit", "parcels", str(batch_file), "--idempotency-key", key, server=srv)
+    assert first.returncode == again.returncode == 0, err(again)
+    job_id = out(first).split()[0]
+    assert out(again).split()[0] == job_id
+    assert "replayed" in out(again)
+    assert "replayed" not in out(first)
+    other = tmp_path / "other.json"
+    other.write_bytes(orjson.dumps({"Data": SEED_BATCH["Data"][:1]}))
+    refused = jobpool("submit", "parcels", str(other), "--idempotency-key", key, server=srv)
+    assert refused.returncode == 3
+    assert "422" in err(refused)
+
+
+class LosingProxy:
+    """A loopback proxy to the server that, on the first connection, passes the request on
+    and reads the answer but drops it, closing the connection instead (an answer lost on
+    the way back); later connections get their answers. One request per connection."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.lost: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # the listener closed: done
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    conn.settimeout(RUN_DEADLINE_S)
+                    request = read_message(conn)
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=30) as up:
+                        up.sendall(request)
+                        answer = read_message(up)
+                    if not self.lost:
+                        self.lost.append(answer)
+                        continue  # closed without a word
+                    conn.sendall(answer)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+
+def read_message(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 message with a Content-Length body (or none), read whole."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    length = int(found.group(1)) if found else 0
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_submit_whose_answer_was_lost_is_retried_into_the_same_job(srv: Server) -> None:
+    """The answer to a submit is lost: the client sends it again with the same key and
+    gets the job the first made, not a second one."""
+    assert srv.port is not None
+    proxy = LosingProxy(srv.port)
+    slept: list[float] = []
+    try:
+        with Client(proxy.url, ALICE, sleep=slept.append) as client:
+            job = client.submit_parcels(SEED_BATCH)
+    finally:
+        proxy.close()
+    assert len(proxy.lost) == 1
+    first_head, _, first_body = proxy.lost[0].partition(b"\r\n\r\n")
+    assert first_head.startswith(b"HTTP/1.1 202")
+    assert job.job_id == orjson.loads(first_body)["job"]
+    assert job.replayed
+    assert len(slept) == 1  # one retry
+
+
+# -- list ---------------------------------------------------------------------------------
+
+
+def test_list_shows_your_jobs_newest_first_and_filters(
+    server_factory: Callable[..., Server],
+) -> None:
+    """``list`` prints the caller's jobs newest first; ``--state`` (one, several) and
+    ``--job`` filter them; a state that does not exist is refused (exit 3)."""
+    srv = server_factory()
+    echoes = [submit_test_job(srv, "test.echo", n=n) for n in range(3)]
+    failed = submit_test_job(srv, "test.fail", message="no")
+    scheduled = srv.post("/test/jobs/test.echo", json={}, headers={"Job-Delay": "600"})
+    later = scheduled.json()["job"]
+    for job_id in [*echoes, failed]:
+        srv.wait_final(job_id)
+
+    listed = jobpool("list", server=srv)
+    assert listed.returncode == 0, err(listed)
+    header, *rows = out(listed).splitlines()
+    assert header.split() == ["ID", "JOB", "STATE", "CREATED"]
+    ids = [row.split()[0] for row in rows]
+    assert set(ids) >= {*echoes, failed, later}
+    assert ids == sorted(ids, reverse=True)
+
+    only_failed = jobpool("list", "--state", "failed", server=srv)
+    assert [row.split()[:3] for row in out(only_failed).splitlines()[1:]] == [
+        [failed, "test.fail", "failed"]
+    ]
+    for args in (["--state", "failed,scheduled"], ["--state", "failed", "--state", "scheduled"]):
+        both = jobpool("list", *args, "--json", server=srv)
+        assert [d["id"] for d in orjson.loads(both.stdout)["jobs"]] == sorted(
+            [failed, later], reverse=True
+        )
+    assert out(jobpool("list", server=srv, key=BOB)).strip() == "no jobs"  # alice's are hers
+    bogus = jobpool("list", "--state", "sleeping", server=srv)
+    assert bogus.returncode == 3
+    assert "422" in err(bogus)
+
+
+def test_list_pages_with_a_cursor_or_all_at_once(server_factory: Callable[..., Server]) -> None:
+    """``--limit`` cuts a page and names the next cursor; ``--cursor`` gives the next page;
+    ``--all`` follows every cursor."""
+    srv = server_factory()
+    made = sorted((submit_test_job(srv, "test.echo", n=n) for n in range(5)), reverse=True)
+    first = jobpool("list", "--job", "test.echo", "--limit", "2", "--json", server=srv)
+    page = orjson.loads(first.stdout)
+    assert [d["id"] for d in page["jobs"]] == made[:2]
+    assert page["next_cursor"]
+    text = jobpool("list", "--job", "test.echo", "--limit", "2", server=srv)
+    assert f"--cursor {page['next_cursor']}" in err(text)
+    second = jobpool(
+        "list", "--job", "test.echo", "--limit", "2", "--cursor", page["next_cursor"],
+        "--json", server=srv,
+    )  # fmt: skip
+    assert [d["id"] for d in orjson.loads(second.stdout)["jobs"]] == made[2:4]
+    every = jobpool("list", "--job", "test.echo", "--limit", "2", "--all", "--json", server=srv)
+    walked = orjson.loads(every.stdout)
+    assert [d["id"] for d in walked["jobs"]] == made
+    assert walked["next_cursor"] is None

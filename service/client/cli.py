@@ -481,6 +481,9 @@ def run_list(run: Run) -> int:
     if args.json:
         run.emit_json({"jobs": jobs, "next_cursor": next_cursor})
         return Exit.OK
+    if not jobs:
+        run.say("no jobs")
+        return Exit.OK
     rows = [("ID", "JOB", "STATE", "CREATED", "")]
     rows += [
         (d["id"], d.get("job", ""), d.get("state", ""), d.get("created_at", ""),
