@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from service.client import Client, NotFound, RetryPolicy, Unavailable, Unreachable
+from service.client.cli import EXIT_MEANINGS, Exit
 from tests.clients import ALICE, BOB
 from tests.conftest import SEED_BATCH
 from tests.imagegen import encode, photo_image
@@ -350,20 +351,20 @@ def test_the_result_of_a_job_still_running_exits_3(srv: Server, tmp_path: Path) 
 
 
 def test_cancel_a_queued_job_then_again(srv: Server) -> None:
-    """``cancel`` ends a job that has not started (exit 0); once ended, a cancel exits 3."""
+    """``cancel`` ends a job that has not started (exit 0), and says the same again; a job
+    that ended otherwise cannot be cancelled: exit 3."""
     job_id = submit_test_job(srv, "test.echo")
     srv.wait_final(job_id)
     scheduled = srv.post("/test/jobs/test.echo", json={}, headers={"Job-Delay": "600"}).json()[
         "job"
     ]
-    first = jobpool("cancel", scheduled, server=srv)
-    assert first.returncode == 0, err(first)
-    assert out(first).strip() == f"{scheduled} cancelled (dequeued)"
-    again = jobpool("cancel", scheduled, server=srv)
-    assert again.returncode == 3
-    assert "409" in err(again)
+    for _ in range(2):
+        proc = jobpool("cancel", scheduled, server=srv)
+        assert proc.returncode == 0, err(proc)
+        assert out(proc).strip() == f"{scheduled} cancelled (dequeued)"
     ended = jobpool("cancel", job_id, server=srv)
     assert ended.returncode == 3
+    assert "409" in err(ended)
 
 
 def test_cancel_stops_a_running_job(srv: Server) -> None:
@@ -771,3 +772,12 @@ def test_list_pages_with_a_cursor_or_all_at_once(server_factory: Callable[..., S
     walked = orjson.loads(every.stdout)
     assert [d["id"] for d in walked["jobs"]] == made
     assert walked["next_cursor"] is None
+
+
+def test_the_readme_lists_every_exit_status() -> None:
+    """The README's table of exit statuses has a row for each one the command uses."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Command-line client", 1)[1].split("\n## ", 1)[0]
+    rows = [int(code) for code in re.findall(r"^\| `(\d+)` \|", section, re.MULTILINE)]
+    assert rows == [status.value for status in Exit]
+    assert set(EXIT_MEANINGS) == set(Exit)

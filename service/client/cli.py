@@ -50,31 +50,28 @@ IMAGE_PARAMS = {
 
 
 class Exit(IntEnum):
-    """The exit statuses, for scripts."""
+    """The exit statuses, for scripts (the README's table lists them too)."""
 
-    #: Done; a job waited for succeeded.
     OK = 0
-    #: The job waited for ended failed or cancelled.
     JOB_FAILED = 1
-    #: Bad usage: arguments, a file that cannot be read, a binary result without ``-o``.
     USAGE = 2
-    #: The server refused the request: no such job (404), not now (409), a bad request
-    #: or key (4xx).
     REFUSED = 3
-    #: No answer, or the server is busy or failing (429, 5xx), still after the retries.
     UNAVAILABLE = 4
-    #: ``--timeout`` passed before the job ended.
     TIMED_OUT = 5
 
 
-EXIT_STATUSES = """exit status:
-  0  done (a job waited for succeeded)
-  1  the job waited for failed or was cancelled
-  2  bad usage
-  3  refused by the server: no such job, not now (409), bad request or key
-  4  the server cannot be reached, or is busy or failing, after the retries
-  5  --timeout passed before the job ended
-"""
+#: What each exit status means, as ``--help`` says it.
+EXIT_MEANINGS = {
+    Exit.OK: "done (a job waited for succeeded)",
+    Exit.JOB_FAILED: "the job waited for failed or was cancelled",
+    Exit.USAGE: "bad usage: arguments, a file that cannot be read, a binary result without -o",
+    Exit.REFUSED: "refused by the server: no such job, not now (409), a bad request or key",
+    Exit.UNAVAILABLE: "no answer, or the server busy or failing (429, 5xx), after the retries",
+    Exit.TIMED_OUT: "--timeout passed before the job ended (the job goes on)",
+}
+EXIT_STATUSES = "exit status:\n" + "".join(
+    f"  {status.value}  {meaning}\n" for status, meaning in EXIT_MEANINGS.items()
+)
 
 
 class UsageError(Exception):
@@ -240,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = verb(
         verbs, "cancel", "cancel a job (a running one is stopped first)",
-        "Exit 0 once it is cancelled or stopping; 3 if it had already ended.",
+        "Exit 0 once it is cancelled (or was already) or stopping; 3 if it had ended "
+        "otherwise.",
     )  # fmt: skip
     cancel.add_argument("job_id", metavar="ID")
     cancel.set_defaults(run=run_cancel)

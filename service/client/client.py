@@ -51,8 +51,6 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 #: Seconds one long poll asks the server to hold the request (it may cap it lower,
 #: ``JOBPOOL_WAIT_MAX_S``).
 LONG_POLL_S = 30
-#: Seconds a long poll's read may run past the wait it asked for before it times out.
-POLL_READ_MARGIN_S = 10.0
 #: Seconds between polls when the server did not hold the request (no
 #: ``Preference-Applied``: a server or proxy that ignores ``Prefer``) and said nothing.
 UNHELD_POLL_S = 1.0
@@ -255,7 +253,7 @@ class Client:
             return self.transport.request("GET", job_path(job_id))
         return self.transport.request(
             "GET", job_path(job_id), headers={"Prefer": f"wait={wait_s}"},
-            read_timeout_s=wait_s + POLL_READ_MARGIN_S,
+            read_timeout_s=wait_s + self.transport.timeout_s,
         )  # fmt: skip
 
     def wait(
@@ -303,14 +301,9 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel the job; its document after. A running job is stopped first: the
         document's ``state`` is still ``running`` if it had not stopped in the server's
-        time (it will end cancelled). :class:`Conflict` if it had already ended."""
-        answer = self.transport.request("DELETE", job_path(job_id))
-        if answer.status == 409 and answer.attempts > 1:
-            # An earlier try may have cancelled it, its answer lost on the way back.
-            doc = self.job(job_id)
-            if doc.get("state") == "cancelled":
-                return doc
-        return dict(answer.check().json())
+        time (it will end cancelled). A cancelled job answers the same again (so a retry
+        is safe); :class:`Conflict` if it had ended otherwise."""
+        return dict(self.transport.request("DELETE", job_path(job_id)).check().json())
 
     # -- listing -----------------------------------------------------------------------
 
