@@ -30,6 +30,7 @@ from PIL import Image
 
 from service.client import Client, NotFound, RetryPolicy, Unavailable, Unreachable
 from service.client.cli import EXIT_MEANINGS, Exit
+from service.client.progress import LineDisplay
 from tests.clients import ALICE, BOB
 from tests.conftest import SEED_BATCH
 from tests.imagegen import encode, photo_image
@@ -152,6 +153,7 @@ BAD_USAGE = {
     "a file that is not there": ["submit", "parcels", "/nonexistent/batch.json"],
     "a server URL that is not http": ["--url", "ftp://example.org", "status", "x"],
     "a wait timeout of zero": ["wait", "x", "--timeout", "0"],
+    "JSON and a result both on stdout": ["result", "x", "--json", "-o", "-"],
 }
 
 
@@ -442,6 +444,31 @@ def read_until(stream: Any, pattern: bytes, seen: bytearray, timeout: float = 30
             if not chunk:
                 raise AssertionError(f"no {pattern!r} before the end:\n{tail(seen)}")
             seen += chunk
+
+
+def test_plain_lines_say_each_state_at_once_and_counts_now_and_then() -> None:
+    """Piped output gets a line for each new state, but counts that only moved on at most
+    every COUNT_EVERY_S: a long batch does not fill a log."""
+    now = [0.0]
+    sink = io.StringIO()
+    display = LineDisplay("j", sink, clock=lambda: now[0])
+
+    def batch(state: str, done: int) -> dict[str, Any]:
+        return {"state": state, "items": {"total": 100, "done": done, "failed": 0}}
+
+    for t, doc in [
+        (0, batch("queued", 0)), (1, batch("running", 0)), (2, batch("running", 5)),
+        (5, batch("running", 20)), (11.5, batch("running", 60)), (12, batch("running", 61)),
+        (13, batch("succeeded", 100)),
+    ]:  # fmt: skip
+        now[0] = t
+        display.update(doc)
+    assert sink.getvalue().splitlines() == [
+        "j queued 0/100 items",
+        "j running 0/100 items",
+        "j running 60/100 items",
+        "j succeeded 100/100 items",
+    ]
 
 
 def test_wait_without_a_terminal_prints_a_line_per_change(srv: Server, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import orjson
 from rich.console import Console
@@ -76,14 +76,6 @@ EXIT_STATUSES = "exit status:\n" + "".join(
 
 class UsageError(Exception):
     """A mistake of the caller's found after parsing (exit 2)."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, exiting 2 with ``jobpool: message`` (its own habit) on bad usage."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(Exit.USAGE, f"{self.prog}: error: {message}\n")
 
 
 # -- arguments --------------------------------------------------------------------------
@@ -167,18 +159,20 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: every verb, each with its ``--help``."""
-    top = Parser(
+    top = argparse.ArgumentParser(
         prog="jobpool",
         description="Submit jobs to a jobpool server, follow them, fetch their results.",
         epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_connection(top, top=True)
-    verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
+    verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    def verb(parent: Any, name: str, summary: str, description: str = "") -> Parser:
+    def verb(
+        parent: Any, name: str, summary: str, description: str = ""
+    ) -> argparse.ArgumentParser:
         text = textwrap.fill(f"{summary[0].upper()}{summary[1:]}. {description}".strip())
-        p: Parser = parent.add_parser(
+        p: argparse.ArgumentParser = parent.add_parser(
             name, help=summary, description=text, epilog=EXIT_STATUSES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
@@ -304,8 +298,11 @@ def main(
     """Run ``jobpool`` with ``argv``; the exit status."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        if args.json and getattr(args, "output", None) == "-":
+            parser.error("--json and -o - would both write to stdout; choose one")
     except SystemExit as ex:  # --help (0) or bad usage (2): argparse has said why
         return int(ex.code or 0)
     env = os.environ if environ is None else environ
@@ -329,6 +326,11 @@ def main(
         tail = f"; the job goes on (jobpool status {job_id})" if job_id else ""
         print(f"jobpool: interrupted{tail}", file=err)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`jobpool list | head`): end as a command killed by SIGPIPE
+        # does, without a second error when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 141
 
 
 def report(run: Run, ex: ClientError) -> int:
@@ -532,26 +534,15 @@ def write_result(run: Run, result: Result, output: str) -> None:
 
 
 def format_document(doc: Mapping[str, Any]) -> str:
-    """A job document as aligned ``field  value`` lines."""
-    lines: list[tuple[str, str]] = []
-    for name, value in doc.items():
-        if value is None:
-            continue
-        if name == "items":
-            text = count_text(measure(dict(doc)))
-        elif name == "progress" and isinstance(value, dict):
-            total = value.get("total")
-            text = f"{value.get('done')}" + (f"/{total}" if total is not None else "")
-            if value.get("message"):
-                text += f" {value['message']}"
-        elif name == "cancel" and isinstance(value, dict):
-            text = value.get("how") or "stopping"
-            if value.get("requested_at"):
-                text += f", asked at {value['requested_at']}"
-        elif name == "failed_attempts" and isinstance(value, list):
-            text = "; ".join(f"#{a.get('attempt')}: {a.get('error')}" for a in value)
-        else:
-            text = str(value)
-        lines.append((name, text))
+    """A job document as aligned ``field  value`` lines; objects as ``name value, ...``."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join(f"{k} {text(v)}" for k, v in value.items() if v is not None)
+        if isinstance(value, list):
+            return "; ".join(text(v) for v in value)
+        return str(value)
+
+    lines = [(name, text(value)) for name, value in doc.items() if value is not None]
     width = max((len(name) for name, _ in lines), default=0)
-    return "\n".join(f"{name.ljust(width)}  {text}" for name, text in lines)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in lines)

@@ -7,6 +7,8 @@ plain line each time what there is to say changes.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -88,18 +90,32 @@ class Display(Protocol):
 
 
 class LineDisplay:
-    """A line per change (for pipes and logs): ``<id> running 3/9 items``."""
+    """A line per change (for pipes and logs): ``<id> running 3/9 items``. A new state is
+    printed at once; counts that moved on in the same state, at most every
+    :attr:`COUNT_EVERY_S`, so a long job does not fill a log."""
 
-    def __init__(self, job_id: str, out: IO[str]) -> None:
+    #: Seconds between lines that only say the counts moved on.
+    COUNT_EVERY_S = 10.0
+
+    def __init__(
+        self, job_id: str, out: IO[str], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.job_id = job_id
         self.out = out
-        self._last = ""
+        self.clock = clock
+        self._line = ""
+        self._state = ""
+        self._at = 0.0
 
     def update(self, doc: dict[str, Any]) -> None:
         line = describe(doc)
-        if line != self._last:
-            self._last = line
-            print(f"{self.job_id} {line}", file=self.out, flush=True)
+        state = str(doc.get("state"))
+        if line == self._line:
+            return
+        if state == self._state and self.clock() - self._at < self.COUNT_EVERY_S:
+            return
+        self._line, self._state, self._at = line, state, self.clock()
+        print(f"{self.job_id} {line}", file=self.out, flush=True)
 
     def close(self) -> None:
         return None
@@ -131,7 +147,7 @@ class LiveDisplay:
             total, done = 1, 1  # a finished job's bar is full, whatever it counted
         colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(step.state)
         state = f"[{colour}]{step.state}[/]" if colour else step.state
-        note = f" [dim]{escape(step.note)}[/]" if step.note and not step.done else ""
+        note = f" [dim]{escape(step.note)}[/]" if step.note else ""
         self.progress.update(
             self.task, description=f"{escape(self.job_id)} {state}{note}", total=total,
             completed=done, count=count_text(step),

@@ -233,9 +233,8 @@ class Transport:
                     retry_also is not None and retry_also(answer)
                 ):
                     return answer
-                failure = error_for(answer)
-                assert isinstance(failure, ProblemError)
-                hint = failure.retry_after_s
+                problem = error_for(answer)
+                failure, hint = problem, problem.retry_after_s
                 wait = self.retry.backoff(attempt) if hint is None else hint
             if attempt >= self.retry.attempts or self.clock() + wait > deadline:
                 raise failure
