@@ -266,11 +266,13 @@ def _submit_answers(
         "202": {
             **_answer(
                 "The job is stored: it runs now, waits its turn, or waits for its time "
-                "(scheduled). ``Location`` points at it; ``Retry-After`` says when to look.",
+                "(scheduled), or it ran as it was stored (a batch of parcels without simulated "
+                "latency is stored ``succeeded``). ``Location`` points at it; ``Retry-After`` "
+                "says when to look.",
                 _json(_ref("Submitted")),
                 {
                     "Location": {"$ref": "#/components/headers/Location"},
-                    **_retry_after(),
+                    "Retry-After": _poll_hint(),
                     "Preference-Applied": {"schema": {"type": "string"}},
                     "Idempotent-Replayed": _replayed(),
                 },

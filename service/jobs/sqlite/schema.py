@@ -130,7 +130,8 @@ JOB_ITEMS = "SELECT items FROM jobs WHERE id = ?"
 
 INSERT_JOB = (
     "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts, args, items,"
-    " not_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " not_before, finished_at, error, result, done, failed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # The moves of a job's state apply in the states service/jobs/state.py declares for them.
 START_JOB = (
