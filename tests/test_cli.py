@@ -606,7 +606,7 @@ def test_a_429_is_retried_after_its_retry_after(
         srv.wait_final(holder)
 
     with Client(srv.url(""), ALICE, sleep=make_room) as client:
-        job = client.submit_parcels(SEED_BATCH)
+        job = client.submit("/test/jobs/test.echo", b"{}", "application/json")
         assert slept == [1.0]  # the server's Retry-After, once
         assert client.wait(job.job_id)["state"] == "succeeded"
 
