@@ -154,6 +154,7 @@ BAD_USAGE = {
     "a server URL that is not http": ["--url", "ftp://example.org", "status", "x"],
     "a wait timeout of zero": ["wait", "x", "--timeout", "0"],
     "JSON and a result both on stdout": ["result", "x", "--json", "-o", "-"],
+    "an idempotency key not ASCII": ["submit", "parcels", "-", "--idempotency-key", "clé"],
 }
 
 
@@ -654,7 +655,7 @@ def test_the_same_idempotency_key_answers_with_the_same_job(
 ) -> None:
     """A submit repeated with its key is the first job, said to be replayed; the key with
     another batch is refused (exit 3)."""
-    key = f"cli-test-{time.time_ns()}"
+    key = f'cli "test" \\ {time.time_ns()}'  # quoted and escaped on the way
     first = jobpool("submit", "parcels", str(batch_file), "--idempotency-key", key, server=srv)
     again = jobpool("submit", "parcels", str(batch_file), "--idempotency-key", key, server=srv)
     assert first.returncode == again.returncode == 0, err(again)

@@ -21,7 +21,14 @@ from typing import Any, TextIO
 import orjson
 from rich.console import Console
 
-from service.client.client import DEFAULT_URL, LONG_POLL_S, Client, Result, Submitted
+from service.client.client import (
+    DEFAULT_URL,
+    LONG_POLL_S,
+    Client,
+    Result,
+    Submitted,
+    sf_string,
+)
 from service.client.errors import (
     ClientError,
     ProblemError,
@@ -363,6 +370,11 @@ def read_input(path: str) -> bytes:
 
 
 def submit_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.idempotency_key is not None:
+        try:
+            sf_string(args.idempotency_key)
+        except ValueError as ex:
+            raise UsageError(str(ex)) from None
     return {
         "delay_s": args.delay,
         "not_before": args.not_before,
@@ -371,12 +383,14 @@ def submit_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_submit_parcels(run: Run) -> int:
+    options = submit_options(run.args)
     body = read_input(run.args.file)
-    return submitted(run, run.client.submit_parcels(body, **submit_options(run.args)))
+    return submitted(run, run.client.submit_parcels(body, **options))
 
 
 def run_submit_image(run: Run) -> int:
     args = run.args
+    options = submit_options(args)
     data = read_input(args.file)
     params: dict[str, str | int] = {
         name: getattr(args, name) for name in IMAGE_PARAMS if getattr(args, name) is not None
@@ -387,7 +401,7 @@ def run_submit_image(run: Run) -> int:
     if not content_type or not content_type.startswith("image/"):
         content_type = "application/octet-stream"
     job = run.client.submit_image(
-        data, args.op, params=params, content_type=content_type, **submit_options(args)
+        data, args.op, params=params, content_type=content_type, **options
     )
     return submitted(run, job)
 

@@ -118,6 +118,15 @@ def delay_header(seconds: float) -> str:
     return f"{seconds:.6f}".rstrip("0").rstrip(".")
 
 
+def sf_string(text: str) -> str:
+    """``text`` as a Structured Fields string (RFC 8941), as ``Idempotency-Key`` takes it;
+    ValueError if it is empty or not printable ASCII."""
+    if not text or not all(" " <= c <= "~" for c in text):
+        raise ValueError(f"an idempotency key is printable ASCII, not {text!r}")
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
 def job_path(job_id: str, tail: str = "") -> str:
     """``/v1/jobs/{id}{tail}``, the id quoted so that it can only name a job."""
     return f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}{tail}"
@@ -195,7 +204,7 @@ class Client:
         key = idempotency_key or self.new_key()
         headers = {
             "Content-Type": content_type,
-            "Idempotency-Key": f'"{key}"',
+            "Idempotency-Key": sf_string(key),
             "Prefer": "respond-async",
         }
         if delay_s is not None:
