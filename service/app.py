@@ -19,7 +19,7 @@ from service.api.images import ImagesResource
 from service.api.jobs import JobResource, JobResultResource
 from service.api.listing import JobsResource
 from service.api.metrics import MetricsResource
-from service.api.middleware import Lifecycle, RequestId, Telemetry
+from service.api.middleware import Lifecycle, Telemetry
 from service.api.openapi import OpenApiResource, document
 from service.api.parcels import ParcelResource, ParcelsResource
 from service.api.search import SearchResource
@@ -189,7 +189,6 @@ def create_app(
     keyring = Keyring.from_settings(settings)
     metrics_port = port_of(settings.metrics_bind) if settings.metrics_bind else None
     middleware: list[Any] = [
-        RequestId(),
         # Outside the security middleware: refused requests (401, 429) are timed and logged.
         Telemetry(service.metrics, metrics_port=metrics_port),
         *security.middleware(settings, keyring, service.limits),

@@ -48,7 +48,7 @@ class RequestLimits:
         self.url_max = url_max
         self.params_max = params_max
 
-    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+    def check(self, req: falcon.asgi.Request) -> None:
         scope = req.scope
         query: bytes = scope.get("query_string", b"")
         path = scope.get("raw_path") or req.path.encode()
@@ -77,7 +77,7 @@ class Authenticate:
         self.limits = limits
         self.open_paths = frozenset(open_paths)
 
-    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+    async def check(self, req: falcon.asgi.Request) -> None:
         if req.path in self.open_paths:
             return
         if self.keyring is None:
@@ -86,6 +86,19 @@ class Authenticate:
             owner = self.keyring.authenticate(req.get_header("Authorization"))
         req.context.owner = owner
         await self.limits.take(owner)
+
+
+class Gate:
+    """The checks of every request, in order: its shape, then its key and its client's
+    rate (one middleware call for both: each call costs an await per request)."""
+
+    def __init__(self, limits: RequestLimits, authenticate: Authenticate) -> None:
+        self.limits = limits
+        self.authenticate = authenticate
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        self.limits.check(req)
+        await self.authenticate.check(req)
 
 
 class BodyLimit:
@@ -123,13 +136,15 @@ def middleware(settings: Settings, keyring: Keyring | None, limits: ClientLimits
             ANONYMOUS,
         )
     return [
-        RequestLimits(url_max=settings.url_max, params_max=settings.query_params_max),
-        # With a metrics listener of its own (not on the load balancer), Prometheus scrapes
-        # it without a key; on the API port /metrics is then 404.
-        Authenticate(
-            keyring,
-            limits,
-            open_paths=OPEN_PATHS | ({"/metrics"} if settings.metrics_bind else set()),
+        Gate(
+            RequestLimits(url_max=settings.url_max, params_max=settings.query_params_max),
+            # With a metrics listener of its own (not on the load balancer), Prometheus
+            # scrapes it without a key; on the API port /metrics is then 404.
+            Authenticate(
+                keyring,
+                limits,
+                open_paths=OPEN_PATHS | ({"/metrics"} if settings.metrics_bind else set()),
+            ),
         ),
         BodyLimit(default_max=settings.body_max),
     ]

@@ -36,7 +36,7 @@ from service.errors import (
 )
 from service.ids import new_id
 from service.jobs import events as ev
-from service.jobs.batches import Batch, BatchRunner, run_inline
+from service.jobs.batches import Batch, BatchRunner, outcome, run_inline
 from service.jobs.cpu_pool import CpuPool
 from service.jobs.fanout import Outcome, fan_out
 from service.jobs.hold import Admissions, Quota
@@ -376,29 +376,27 @@ class JobLayer:
         except TooManyTasks:
             self.events.rejected(spec.name, ev.TOO_LARGE)
             raise
+        progress, failures = run_inline(spec, items, args)
+        state, result, error = outcome(progress.done, progress.failed, failures)
         now = self.clock()
         record = JobRecord(
             id=self.new_id(),
             name=spec.name,
             owner=owner,
-            state=JobState.RUNNING,
+            state=state,
             created_at=now,
             started_at=now,
+            finished_at=now,
             attempts=1,
             args=args,
             items=items,
-        )
-        end = run_inline(spec, record, now)
-        record = record.replace(
-            state=end.state,
-            finished_at=now,
-            error=end.error,
-            result=end.result,
-            done=end.progress.done if end.progress else 0,
-            failed=end.progress.failed if end.progress else 0,
+            error=error,
+            result=result,
+            done=progress.done,
+            failed=progress.failed,
         )
         try:
-            await self.store.add(record, key=key, items=end.progress)
+            await self.store.add(record, key=key, items=progress)
         except BaseException as ex:
             self._refused(spec.name, ex)
             raise
