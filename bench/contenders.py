@@ -113,6 +113,8 @@ class Running:
 
     pids: tuple[int, ...]
     backlog: Callable[[], int]
+    #: the run's redis-server, when this contender uses it (its CPU is in ``pids`` too).
+    redis_pid: int | None = None
 
 
 @contextmanager
@@ -152,7 +154,11 @@ def running(
         def backlog() -> int:
             return redis_server.length(redis_port, queue) if queue else 0
 
-        yield Running(pids=(*(p.pid for p in procs), *extra), backlog=backlog)
+        yield Running(
+            pids=(*(p.pid for p in procs), *extra),
+            backlog=backlog,
+            redis_pid=extra[0] if extra else None,
+        )
     finally:
         for proc in procs:
             server.stop(proc)

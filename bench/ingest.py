@@ -10,10 +10,11 @@ with auth on and its client limits on, set too high to refuse anything, so their
 in the figures; the peers ignore the key), and prints for each: req/s; 2xx/s (jobpool's
 202s; any 2xx of a peer, though all answer 202); p50/p99 latency; non-2xx (other answers
 and socket errors); server CPU microseconds per request (its whole process tree, and a
-peer's task worker and Redis too); the backlog a durable peer left queued when the load
-stopped; and jobpool/x, jobpool's 2xx/s over the row's. Medians over the rounds come
-first, then each round's figures; each round runs every server once, in reverse order
-every other round, so drift on this shared machine hits all alike.
+peer's task worker and Redis too, Redis's own share printed apart); the backlog a durable
+peer left queued when the load stopped; and jobpool/x, jobpool's 2xx/s over the row's.
+Medians over the rounds come first, then each round's figures; each round runs every
+server once, in reverse order every other round, so drift on this shared machine hits all
+alike.
 
 Peers (``--peers``, comma-separated, ``all`` or ``none``; see :mod:`bench.contenders`):
 ``floor`` and ``floor-uvicorn`` (the bare Falcon app under gunicorn's asgi worker and
@@ -71,6 +72,8 @@ class Result:
     #: answers that were not done, and socket errors.
     not_ok: int
     cpu_us_per_req: float
+    #: of which the run's redis-server (0 for a row without it).
+    redis_us_per_req: float
     #: tasks still queued when the load stopped (durable peers), and whether they all ran
     #: before the CPU was read.
     backlog: int
@@ -100,7 +103,10 @@ def drive(
     def cpu() -> float:
         return sum(tree_cpu(pid) for pid in serving.pids)
 
-    before = cpu()
+    def redis_cpu() -> float:
+        return tree_cpu(serving.redis_pid) if serving.redis_pid else 0.0
+
+    before, redis_before = cpu(), redis_cpu()
     out = subprocess.run(
         ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
          "-s", str(LUA), f"http://127.0.0.1:{port}/v1/parcels"],
@@ -112,7 +118,7 @@ def drive(
     while (left := serving.backlog()) > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)  # let the last jobs of the run finish: their CPU belongs to the run
-    spent = cpu() - before
+    spent, redis_spent = cpu() - before, redis_cpu() - redis_before
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     statuses = {
@@ -129,6 +135,7 @@ def drive(
         p99_ms=int(lat.group(2)) / 1000 if lat else 0.0,
         not_ok=total - done + socket_errors,
         cpu_us_per_req=spent / total * 1e6 if total else 0.0,
+        redis_us_per_req=redis_spent / total * 1e6 if total else 0.0,
         backlog=backlog,
         drained=left <= 0,
     )
@@ -198,6 +205,13 @@ def print_table(args: argparse.Namespace, results: dict[str, list[Result]]) -> N
             for b, r in zip(base, rs, strict=True)
         ]
         print(f"  {name:<{width}}" + "   ".join(cells))
+    with_redis = {n: rs for n, rs in results.items() if any(r.redis_us_per_req for r in rs)}
+    if with_redis:
+        print("of the CPU us/req, the run's redis-server's (median; each round):")
+    for name, rs in with_redis.items():
+        each = "   ".join(f"{r.redis_us_per_req:.0f}" for r in rs)
+        median = statistics.median(r.redis_us_per_req for r in rs)
+        print(f"  {name:<{width}}{median:.0f}   ({each})")
     if not all(r.drained for rs in results.values() for r in rs):
         print(f"+: tasks were still queued {args.drain_s:.0f} s after the load; CPU undercounted")
 

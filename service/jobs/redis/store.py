@@ -66,6 +66,7 @@ from service.jobs.record import (
     encode_attempts,
     encode_progress,
 )
+from service.jobs.redis.packing import pack_in_c
 from service.jobs.redis.scripts import PRELUDE, SCRIPTS
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot, host_id
@@ -163,8 +164,18 @@ def _owner_key(owner: str) -> str:
 
 def item_key(name: str, owner: str, key: str) -> bytes:
     """The Redis key of one item result; lengths first, so no two triples share a key."""
-    parts = [p.encode() for p in (name, owner, key)]
-    return PREFIX.encode() + b"item:" + b":".join(b"%d:%s" % (len(p), p) for p in parts)
+    return _item_key(_items_prefix(name, owner), key)
+
+
+def _items_prefix(name: str, owner: str) -> bytes:
+    """What the keys of one job's items share (computed once per batch, not per item)."""
+    n, o = name.encode(), owner.encode()
+    return b"%sitem:%d:%s:%d:%s:" % (PREFIX.encode(), len(n), n, len(o), o)
+
+
+def _item_key(prefix: bytes, key: str) -> bytes:
+    k = key.encode()
+    return b"%s%d:%s" % (prefix, len(k), k)
 
 
 class _Script:
@@ -234,6 +245,7 @@ class RedisStore:
             client_name=f"jobpool:{self.consumer}",
             protocol=2,
         )
+        pack_in_c(self._client.connection_pool)
         try:
             await self.ping()
         except StoreUnavailable as ex:
@@ -496,11 +508,13 @@ class RedisStore:
     def _items(self, record: JobRecord, progress: BatchProgress | None) -> list[Any]:
         keyed = progress.keyed if progress else []
         out: list[Any] = [len(keyed)]
-        for key, value in keyed:
-            if type(value) is ItemRef:  # the job's own item: Redis keeps a copy per key
-                assert record.items is not None
-                value = record.items[value.index]
-            out += [item_key(record.name, record.owner, key), _dumps(value)]
+        if keyed:
+            prefix = _items_prefix(record.name, record.owner)
+            for key, value in keyed:
+                if type(value) is ItemRef:  # the job's own item: Redis keeps a copy per key
+                    assert record.items is not None
+                    value = record.items[value.index]
+                out += [_item_key(prefix, key), _dumps(value)]
         return out
 
     async def due(self, job_id: str) -> bool:
