@@ -11,12 +11,18 @@ from typing import Any
 
 
 class IoPool:
-    """Runs functions on threads; the caller awaits an asyncio future."""
+    """Runs functions on threads; the caller awaits an asyncio future.
 
-    def __init__(self, threads: int) -> None:
+    ``threads`` are the jobs' (the lanes count them); ``reserved`` more are for the layer's
+    own bounded work beside them (callback POSTs, at most that many at once), so that work
+    never takes a thread a job counts on.
+    """
+
+    def __init__(self, threads: int, *, reserved: int = 0) -> None:
         self.threads = threads
+        self.reserved = reserved
         self.busy = 0
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="jobpool-io")
+        self._executor = ThreadPoolExecutor(threads + reserved, thread_name_prefix="jobpool-io")
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Start ``fn`` on a thread. A timeout cannot stop a thread: the future still ends."""
