@@ -63,9 +63,9 @@ wsgi_app = "service.asgi:app"
 metrics_bind = [settings.metrics_bind] if settings.metrics and settings.metrics_bind else []
 bind = [settings.bind, *metrics_bind]
 workers = settings.workers
-# gunicorn's own asyncio worker runs the falcon.asgi.App: measured here ~2x the requests/s
-# of gthread on the seed batch. The event loop only parses, validates and dispatches.
-worker_class = "asgi"
+# gunicorn's own asyncio worker runs the falcon.asgi.App (measured here ~2x the requests/s of
+# gthread on the seed batch), with jobpool's deadlines and answers: service/server.py.
+worker_class = "service.server.Worker"
 asgi_loop = "uvloop"
 asgi_lifespan = "on"  # pools and the store start and drain with the lifespan
 # gunicorn 27 with gunicorn_h1c older than 0.6.14 drops some kept-alive requests that carry

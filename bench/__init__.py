@@ -5,7 +5,8 @@ seed's 9-item batch, rounds alternated, medians (:mod:`bench.contenders` says wh
 peer does and does not do; their packages come with ``pip install -e '.[bench]'``).
 ``bench.app_cost`` measures the app's CPU per request without HTTP, ``bench.cpu_scaling``
 the cpu pool against one process, ``bench.chaos`` that no accepted job is lost while
-workers are killed. ``--compare REF`` (ingest, app_cost) runs another git revision's
-jobpool in the same run. The host has 2 vCPUs shared with other work: compare figures
-within one run, over several rounds, never across runs.
+workers are killed, ``bench.protocol`` what jobpool's HTTP layer (service/server.py) adds
+to gunicorn's HTTP/1 protocol, alone in one process. ``--compare REF`` (ingest, app_cost)
+runs another git revision's jobpool in the same run. The host has 2 vCPUs shared with
+other work: compare figures within one run, over several rounds, never across runs.
 """

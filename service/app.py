@@ -223,7 +223,7 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     # `?limit=` must reach validation as an empty value (422), not vanish as absent.
     app.req_options.keep_blank_qs_values = True
-    problems.install(app, drain_max=settings.drain_max)
+    problems.install(app)
     app.add_route("/healthz", Healthz())
     app.add_route(
         "/readyz", Readyz({"store": service.ping_store, "accepting": service.ping_accepting})

@@ -234,7 +234,7 @@ class Settings:
     batch_max: int = _setting("BATCH_MAX", 1000, _int(1, 100_000), "items per parcel batch")
     body_max: int = _setting("BODY_MAX", 1 << 20, _int(1), "request body bytes (JSON routes)")
     drain_max: int = _setting(
-        "DRAIN_MAX", 32 << 20, _int(0), "bytes of a refused body read so its client sees the 4xx"
+        "DRAIN_MAX", 32 << 20, _int(0), "bytes of a refused body dropped so its client sees the 4xx"
     )
     result_max: int = _setting("RESULT_MAX", 16 << 20, _int(1), "bytes of one stored result")
     store_max_bytes: int = _setting(
@@ -396,6 +396,17 @@ class Settings:
     )
     header_bytes_max: int = _setting(
         "HEADER_BYTES_MAX", 8190, _int(256, 65536), "bytes of one header field (gunicorn)"
+    )
+    header_timeout_s: int = _setting(
+        "HEADER_TIMEOUT_S", 10, _int(1, 3600),
+        "a request's line and headers must arrive within this of its first byte; else 408",
+    )  # fmt: skip
+    body_timeout_s: int = _setting(
+        "BODY_TIMEOUT_S", 10, _int(1, 3600),
+        "each such span of a body read must bring JOBPOOL_BODY_MIN_RATE bytes/s; else 408",
+    )  # fmt: skip
+    body_min_rate: int = _setting(
+        "BODY_MIN_RATE", 8192, _int(0), "bytes/s a body must come at (per JOBPOOL_BODY_TIMEOUT_S)"
     )
     # Not a user setting: gunicorn.conf.py hands the real worker count to each worker.
     gunicorn_workers: int = _setting(

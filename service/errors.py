@@ -29,6 +29,18 @@ class BadRequest(ServiceError, ValueError):
     title = "Bad request"
 
 
+class IncompleteBody(BadRequest):
+    """The body ended before its Content-Length, or its connection closed before its end."""
+
+    title = "Incomplete body"
+
+
+class RequestTimeout(ServiceError, TimeoutError):
+    """The body did not arrive in time (``JOBPOOL_BODY_TIMEOUT_S``, ``JOBPOOL_BODY_MIN_RATE``)."""
+
+    title = "Request timeout"
+
+
 class Invalid(ServiceError, ValueError):
     """The request parses but its content is not acceptable."""
 

@@ -179,3 +179,16 @@ def cpu_progress(pid_file: str) -> None:
     for step in range(10**9):
         current().progress(step, None, "spinning")
         time.sleep(0.05)
+
+
+def inline_unless_slow(options: dict[str, Any]) -> bool:
+    return not options.get("seconds")
+
+
+@job("test.maybe_inline", pool="io", timeout=10, item_key=str, inline_when=inline_unless_slow)
+def maybe_inline(item: Any, *, seconds: float = 0.0) -> Any:
+    """An item that runs inline unless the batch asks it to take time."""
+    time.sleep(seconds)
+    if item == "bad":
+        raise ValueError("bad item")
+    return item

@@ -193,8 +193,12 @@ async def test_full_pool_answers_503_with_retry_after(
         assert r.headers["retry-after"] == "1"
         assert r.headers["content-type"] == "application/problem+json"
         assert "io pool is full" in r.json["detail"]
-        small = await c.simulate_post("/v1/parcels", json={"Data": SEED_BATCH["Data"][:2]})
+        small = await c.simulate_post("/test/batch/test.slow_item", json={"items": [1, 2]})
         assert small.status_code == 503
+        # Parcels are stored with their job and run inline: they take no place in the pool.
+        parcels = await c.simulate_post("/v1/parcels", json={"Data": SEED_BATCH["Data"][:2]})
+        assert parcels.status_code == 202
+        assert parcels.json["state"] == "succeeded"
         big = await c.simulate_post("/v1/parcels", json=SEED_BATCH)
         assert big.status_code == 422  # 9 tasks never fit 3 slots: retrying cannot help
         assert "JOBPOOL_IO_QUEUE_MAX" in big.json["detail"]
@@ -242,3 +246,26 @@ async def test_healthz_is_cheap_and_readyz_names_its_pings(
     ready = await client.simulate_get("/readyz")
     assert ready.status_code == 200
     assert ready.json == {"ok": ["store", "accepting"], "failing": {}}
+
+
+async def test_a_cheap_batch_runs_inline_and_is_stored_ended(
+    client: testing.ASGIConductor,
+) -> None:
+    """A batch whose job declares its items cheap for its options is stored already ended,
+    failed items and all (one write, no thread); with other options it runs on the pool."""
+    r = await client.simulate_post(
+        "/test/batch/test.maybe_inline", json={"items": ["a", "bad", "c"]}
+    )
+    assert (r.status_code, r.json["state"]) == (202, "failed")
+    doc = (await client.simulate_get(f"/v1/jobs/{r.json['job']}")).json
+    assert doc["items"] == {"total": 3, "done": 2, "failed": 1}
+    assert doc["attempts"] == 1
+    assert doc["started_at"] == doc["created_at"] == doc["finished_at"]
+    assert doc["error"] == "1 of 3 items failed; first: ValueError: bad item"
+    result = (await client.simulate_get(f"/v1/jobs/{r.json['job']}/result")).json
+    assert result["failures"] == [{"index": 1, "key": "bad", "error": "ValueError: bad item"}]
+    slow = await client.simulate_post(
+        "/test/batch/test.maybe_inline", json={"items": ["a"], "options": {"seconds": 0.2}}
+    )
+    assert slow.json["state"] in ("queued", "running")
+    assert (await final(client, slow.json["job"]))["state"] == "succeeded"

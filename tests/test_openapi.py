@@ -220,9 +220,9 @@ async def test_overload_answers_match_the_document(
     async with conductor_for(io_queue_max=2, io_threads=1) as c:
         for _ in range(2):
             await c.simulate_post("/test/jobs/test.sleep", json={"seconds": 0.3})
-        full = await c.simulate_post("/v1/parcels", json={"Data": SEED_BATCH["Data"][:1]})
+        full = await c.simulate_post("/v1/fetch", json={"url": "http://example.test/"})
         assert full.status_code == 503
-        check(doc, "/v1/parcels", "post", full)
+        check(doc, "/v1/fetch", "post", full)
         never = await c.simulate_post("/v1/parcels", json=SEED_BATCH)
         assert never.status_code == 422
         check(doc, "/v1/parcels", "post", never)

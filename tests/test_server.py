@@ -126,7 +126,7 @@ def test_one_worker_uses_the_hosts_whole_cpu_budget(server_factory: Callable[...
 
 
 def test_cancel_over_http(server_factory: Callable[..., Server]) -> None:
-    """DELETE cancels a queued job (again: same answer); a finished job answers 409."""
+    """DELETE cancels a queued job (again: same answer); a job that ended answers 409."""
     srv = server_factory(workers=1, env={"JOBPOOL_IO_THREADS": "1"})
     running = srv.post("/test/jobs/test.sleep", json={"seconds": 1}).json()["job"]
     queued = srv.post("/test/jobs/test.sleep", json={"seconds": 0}).json()["job"]
@@ -136,7 +136,8 @@ def test_cancel_over_http(server_factory: Callable[..., Server]) -> None:
     assert srv.wait_final(queued)["state"] == "cancelled"
     conflict = srv.delete(f"/v1/jobs/{running}")
     assert conflict.status == 409
-    assert "only a queued job" in conflict.json()["detail"]
+    assert "succeeded" in conflict.json()["detail"]
+    assert "ended" in conflict.json()["detail"]
 
 
 def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path) -> None:

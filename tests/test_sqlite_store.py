@@ -71,10 +71,11 @@ async def test_a_large_payload_is_written_once(tmp_path: Path) -> None:
     a = store(tmp_path, ttl=100)
     await a.open()
     job = record(id=new_id(lambda: 900.0), args={"data": os.urandom(2 << 20)})
-    await a.add(job)
     wal = tmp_path / "jobs-0.db-wal"
+    schema = wal.stat().st_size  # the tables and indexes made at open
+    await a.add(job)
     written = wal.stat().st_size
-    assert written < 64 << 10
+    assert written - schema < 64 << 10
     assert payload_files(a) == [f"{job.id}.args"]
     assert await a.start(job.id, 950.0)
     result = {"data": os.urandom(900_000)}

@@ -551,11 +551,16 @@ async def test_listing_gives_each_owners_jobs_newest_first_by_filter(backend: Ba
 async def test_a_job_that_names_a_callback_ends_with_its_delivery_in_the_outbox(
     backend: Backend,
 ) -> None:
-    """Ending a job with a callback (finished, or cancelled before it started) writes its
-    delivery in the same write, due at once; a job without one, and a second end, write none."""
+    """Ending a job with a callback (finished, cancelled before it started, or stored
+    already ended) writes its delivery in the same write, due at once; a job without one,
+    and a second end, write none."""
     a, b = await backend.opened(), await backend.opened()
     ran, dropped, plain = record(callback="http://a/1"), record(callback="http://a/2"), record()
-    for job in (ran, dropped, plain):
+    inline = record(
+        callback="http://a/3", state=JobState.SUCCEEDED, started_at=2.75, finished_at=2.75,
+        attempts=1, result={"total": 0},
+    )  # fmt: skip
+    for job in (ran, dropped, plain, inline):
         await a.add(job)
     await a.start(ran.id, 1.0)
     await a.finish(ran, JobState.SUCCEEDED, 2.0, result=1, error=None)
@@ -566,7 +571,11 @@ async def test_a_job_that_names_a_callback_ends_with_its_delivery_in_the_outbox(
     assert await a.take_deliveries(10, 1.5, 100.0) == []  # none was due before the ends
     taken = await a.take_deliveries(10, 3.0, 100.0)
     assert sorted((d.job_id, d.url, d.attempt, d.first_at) for d in taken) == sorted(
-        [(ran.id, "http://a/1", 1, 2.0), (dropped.id, "http://a/2", 1, 2.5)]
+        [
+            (ran.id, "http://a/1", 1, 2.0),
+            (dropped.id, "http://a/2", 1, 2.5),
+            (inline.id, "http://a/3", 1, 2.75),
+        ]
     )
     got = await a.get(ran.id)
     assert got is not None

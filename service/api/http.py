@@ -10,10 +10,9 @@ import falcon.asgi
 import msgspec
 import orjson
 
-from service.errors import BadRequest, Invalid, TooLarge, UnsupportedMediaType
+from service.errors import BadRequest, IncompleteBody, Invalid, TooLarge, UnsupportedMediaType
 
 JSON = "application/json"
-READ_CHUNK = 64 * 1024
 _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 
@@ -25,12 +24,18 @@ def send_json(resp: falcon.asgi.Response, value: Any, status: int = 200) -> None
 
 
 async def read_body(req: falcon.asgi.Request, limit: int, *, setting: str) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to be over ``limit``."""
+    """The whole body, refused with 413 as soon as it is known to be over ``limit``, and with
+    400 if it ends short of its Content-Length (a body cut short is never taken for whole)."""
     length = req.content_length
     if length is not None and length > limit:
         raise TooLarge(f"the body has {length} bytes; the limit is {limit} ({setting})")
     if length is not None:
-        return await req.stream.read(length)
+        body = await req.stream.read(length)
+        if len(body) < length:
+            raise IncompleteBody(
+                f"the body ended after {len(body)} of the {length} bytes of its Content-Length"
+            )
+        return body
     chunks, size = [], 0
     async for chunk in req.stream:
         size += len(chunk)
@@ -38,24 +43,6 @@ async def read_body(req: falcon.asgi.Request, limit: int, *, setting: str) -> by
             raise TooLarge(f"the body is over {limit} bytes ({setting})")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def drain(req: falcon.asgi.Request, max_bytes: int) -> None:
-    """Read and discard what is left of a refused request's body, up to ``max_bytes``.
-
-    Closing a connection with unread request bytes makes the kernel reset it, and the
-    client then never reads the error it was sent. Past ``max_bytes`` the reset is the
-    lesser evil.
-    """
-    stream = req.stream
-    if stream.eof:
-        return
-    left = max_bytes
-    while left > 0:
-        chunk = await stream.read(min(READ_CHUNK, left))
-        if not chunk:
-            return
-        left -= len(chunk)
 
 
 def require_json(req: falcon.asgi.Request) -> None:

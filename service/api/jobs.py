@@ -52,8 +52,11 @@ class JobResource:
     ) -> None:
         """A job that has not started ends cancelled at once (200); a running one is asked
         to stop, and the answer waits for it a while: 200 once it ended cancelled, 202 while
-        it still stops; a job that had already ended is 409."""
+        it still stops; a cancelled job answers the same again; one that had ended 409."""
         before = await find_job(self.layer, req, job_id)
+        if before.state is JobState.CANCELLED:  # cancelled already: the same answer again
+            self._document(resp, before)
+            return
         if is_final(before.state):
             raise Conflict(f"job {job_id} is {before.state.value}; it has ended already")
         wait_s = self.settings.cancel_grace_s + STOP_WAIT_MARGIN_S

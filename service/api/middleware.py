@@ -17,6 +17,9 @@ from service.logs import ACCESS_LOGGER, LightRecord
 from service.metrics import METHODS, UNMATCHED, Metrics
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:=;/+-]{1,200}")
+#: Where :class:`Telemetry` leaves its ``record`` in the ASGI lifespan state: the HTTP server
+#: layer (service/server.py) reports there the answers it gives without the app.
+TELEMETRY_STATE = "jobpool.telemetry"
 
 
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -51,6 +54,11 @@ class Telemetry:
             if on_metrics_port != (req.path == "/metrics"):
                 raise falcon.HTTPNotFound()
 
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        state = scope.get("state")
+        if state is not None:  # a server that keeps lifespan state (gunicorn's does)
+            state[TELEMETRY_STATE] = self.record
+
     async def process_response(
         self,
         req: falcon.asgi.Request,
@@ -59,26 +67,44 @@ class Telemetry:
         req_succeeded: bool,
     ) -> None:
         started = getattr(req.context, "started", None)
-        seconds = 0.0 if started is None else self.clock() - started
-        route = req.uri_template or UNMATCHED
-        method = req.method if req.method in METHODS else "other"
-        status = resp.status_code
+        self.record(
+            req.uri_template,
+            req.method,
+            req.path,
+            resp.status_code,
+            0.0 if started is None else self.clock() - started,
+            getattr(req.context, "request_id", None),
+            getattr(req.context, "job_id", None),
+        )
+
+    def record(
+        self,
+        route: str | None,
+        method: str,
+        path: str,
+        status: int,
+        seconds: float,
+        request_id: str | None,
+        job_id: str | None = None,
+    ) -> None:
+        """Count one answer and write its access-log line (``route`` None: no route)."""
+        route = route or UNMATCHED
         if self.metrics is not None:
-            self.metrics.request(route, method, status, seconds)
+            self.metrics.request(route, method if method in METHODS else "other", status, seconds)
         if access_log.isEnabledFor(logging.INFO):
-            record = LightRecord(
-                ACCESS_LOGGER, logging.INFO, "%s %s %d", (req.method, req.path, status),
+            line = LightRecord(
+                ACCESS_LOGGER, logging.INFO, "%s %s %d", (method, path, status),
                 {
                     "route": route,
-                    "method": req.method,
-                    "path": req.path,
+                    "method": method,
+                    "path": path,
                     "status": status,
                     "duration_ms": round(seconds * 1000, 3),
-                    "request_id": getattr(req.context, "request_id", None),
-                    "job_id": getattr(req.context, "job_id", None),
+                    "request_id": request_id,
+                    "job_id": job_id,
                 },
             )  # fmt: skip
-            access_log.handle(record)
+            access_log.handle(line)
 
 
 class RequestId:

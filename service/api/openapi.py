@@ -266,11 +266,13 @@ def _submit_answers(
         "202": {
             **_answer(
                 "The job is stored: it runs now, waits its turn, or waits for its time "
-                "(scheduled). ``Location`` points at it; ``Retry-After`` says when to look.",
+                "(scheduled), or it ran as it was stored (a batch of parcels without simulated "
+                "latency is stored ``succeeded``). ``Location`` points at it; ``Retry-After`` "
+                "says when to look.",
                 _json(_ref("Submitted")),
                 {
                     "Location": {"$ref": "#/components/headers/Location"},
-                    **_retry_after(),
+                    "Retry-After": _poll_hint(),
                     "Preference-Applied": {"schema": {"type": "string"}},
                     "Idempotent-Replayed": _replayed(),
                 },
@@ -604,7 +606,9 @@ def _version() -> str:
 
 
 def _secure(paths: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Every operation may answer 400 and 414 (request limits); all but the open ones take a
+    """Every operation may answer 400 and 414 (request limits), and 408 and 431 (the HTTP
+    layer, service/server.py; its 501 is in the document's description, since an operation
+    documents no 5xx but 503); all but the open ones take a
     bearer key and may answer 401 and 429 (none with JOBPOOL_AUTH=off; /metrics is open on
     a listener of its own, as the security middleware has it), and with the Redis store 503
     (the client's rate is kept there)."""
@@ -614,9 +618,22 @@ def _secure(paths: dict[str, Any], settings: Settings) -> dict[str, Any]:
             # Every route: the request limits answer before any route's own checks.
             responses = operation["responses"]
             responses.setdefault("400", _problem(
-                "More query parameters than JOBPOOL_QUERY_PARAMS_MAX, or a malformed request."
+                "More query parameters than JOBPOOL_QUERY_PARAMS_MAX, or a malformed request"
+                " (refused by the HTTP layer: its framing, an HTTP/1.1 request without Host)."
             ))  # fmt: skip
-            responses.setdefault("414", _problem("A URL longer than JOBPOOL_URL_MAX."))
+            responses.setdefault("414", _problem(
+                "A URL longer than JOBPOOL_URL_MAX, or a request line over"
+                " JOBPOOL_REQUEST_LINE_MAX (the HTTP layer)."
+            ))  # fmt: skip
+            # The HTTP layer's own (service/server.py), before any route:
+            responses.setdefault("408", _problem(
+                "The headers did not arrive within JOBPOOL_HEADER_TIMEOUT_S, or a body came"
+                " slower than JOBPOOL_BODY_MIN_RATE over JOBPOOL_BODY_TIMEOUT_S."
+            ))  # fmt: skip
+            responses.setdefault("431", _problem(
+                "More header fields than JOBPOOL_HEADER_COUNT_MAX, or one over"
+                " JOBPOOL_HEADER_BYTES_MAX."
+            ))  # fmt: skip
             if path in open_paths or not settings.auth:
                 operation["security"] = []
                 continue
@@ -646,7 +663,10 @@ def document(settings: Settings) -> dict[str, Any]:
             "title": "jobpool",
             "version": _version(),
             "description": "An HTTP job service: endpoints submit jobs to shared pools. "
-            "Errors are application/problem+json (RFC 9457).",
+            "Errors are application/problem+json (RFC 9457), those the HTTP layer gives before "
+            "any route included: 400 (malformed framing, HTTP/1.1 without Host), 408 "
+            "(JOBPOOL_HEADER_TIMEOUT_S, or a body slower than JOBPOOL_BODY_MIN_RATE), 414, 431, "
+            "and 501 for a Transfer-Encoding other than chunked.",
         },
         "paths": _secure(_paths(settings), settings),
         **({"security": [{"bearer": []}]} if settings.auth else {}),

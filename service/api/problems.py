@@ -10,7 +10,6 @@ import falcon.asgi
 import msgspec
 
 from service import errors
-from service.api.http import drain
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +18,7 @@ REALM = 'Bearer realm="jobpool"'
 
 STATUS: dict[type[errors.ServiceError], int] = {
     errors.BadRequest: 400,
+    errors.RequestTimeout: 408,
     errors.Invalid: 422,
     errors.TooLarge: 413,
     errors.UnsupportedMediaType: 415,
@@ -62,32 +62,18 @@ class Problem(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
+def problem_document(status: int, title: str, detail: str, **extra: Any) -> bytes:
+    """A problem document; ``extra`` holds its extension members (``errors``, ``param``), as
+    plain data. The HTTP server layer (service/server.py) answers with it too."""
+    doc = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return _encode(msgspec.convert(doc, Problem))
+
+
 def problem(resp: falcon.asgi.Response, status: int, title: str, detail: str, **extra: Any) -> None:
-    """Answer with a problem document; ``extra`` holds its extension members (``errors``,
-    ``param``), as plain data."""
+    """Answer with a problem document (see :func:`problem_document`)."""
     resp.status = status
     resp.content_type = PROBLEM
-    doc = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    resp.data = _encode(msgspec.convert(doc, Problem))
-
-
-class Problems:
-    """The error handlers; an error answer first drains the unread request body (bounded)."""
-
-    def __init__(self, drain_max: int) -> None:
-        self.drain_max = drain_max
-
-    async def service_error(
-        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any
-    ) -> None:
-        await drain(req, self.drain_max)
-        await handle_service_error(req, resp, ex, params)
-
-    async def http_error(
-        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any
-    ) -> None:
-        await drain(req, self.drain_max)
-        await handle_http_error(req, resp, ex, params)
+    resp.data = problem_document(status, title, detail, **extra)
 
 
 async def handle_service_error(
@@ -120,8 +106,9 @@ async def handle_unexpected(
     problem(resp, 500, "Internal server error", "the server failed; the error is logged")
 
 
-def install(app: falcon.asgi.App[Any, Any], *, drain_max: int) -> None:
-    handlers = Problems(drain_max)
+def install(app: falcon.asgi.App[Any, Any]) -> None:
+    """Every error answered as problem+json, at once: what is left of a refused body is read
+    and dropped by the HTTP server layer after the answer (service/server.py)."""
     app.add_error_handler(Exception, handle_unexpected)
-    app.add_error_handler(falcon.HTTPError, handlers.http_error)
-    app.add_error_handler(errors.ServiceError, handlers.service_error)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(errors.ServiceError, handle_service_error)

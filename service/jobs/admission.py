@@ -33,12 +33,16 @@ class Admission:
             return True
         return False
 
-    async def acquire(self, n: int = 1) -> None:
+    def check_fits(self, n: int) -> None:
+        """Raise :class:`TooManyTasks` if ``n`` tasks can never fit."""
         if n > self.capacity:
             raise TooManyTasks(
                 f"{n} tasks can never fit the {self.name} pool: it holds {self.capacity}"
                 f" (JOBPOOL_{self.name.upper()}_QUEUE_MAX)"
             )
+
+    async def acquire(self, n: int = 1) -> None:
+        self.check_fits(n)
         if self.try_acquire(n):
             return
         if self.wait_s <= 0:

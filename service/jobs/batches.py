@@ -138,7 +138,7 @@ class Batch:
         self,
         spec: JobSpec,
         record: JobRecord,
-        hold: Hold,
+        hold: Hold | None,
         on_end: Callable[[Batch], None],
     ) -> None:
         assert record.items is not None
@@ -165,6 +165,39 @@ class Batch:
         self.state: JobState | None = None
         self.error: str | None = None
         self.ended_at = 0.0
+
+    def count(
+        self, start: int, stop: int, values: list[Any], failed: dict[int, str], at: int = 0
+    ) -> None:
+        """Count items ``start`` to ``stop`` as run: their ``values`` in order, the reasons
+        of those that failed by position (from ``at``: a chunk runs several batches)."""
+        items = self.record.items
+        assert items is not None
+        key_of = self.spec.item_key
+        if not failed or not any(p in failed for p in range(at, at + stop - start)):
+            self.done += stop - start
+            if key_of is not None:  # a result that is its item is kept as a reference
+                self.keyed += [
+                    (key_of(item), item_ref(index) if value is item else value)
+                    for index, item, value in zip(
+                        range(start, stop), items[start:stop], values, strict=True
+                    )
+                ]
+            return
+        for index in range(start, stop):
+            item, value = items[index], values[index - start]
+            reason = failed.get(at + index - start)
+            if reason is SKIPPED:
+                self.skipped += 1
+                continue
+            key = key_of(item) if key_of is not None else None
+            if reason is None:
+                self.done += 1
+                if key is not None:
+                    self.keyed.append((key, item_ref(index) if value is item else value))
+            else:
+                self.failed += 1
+                self.failures.append({"index": index, "key": key, "error": reason})
 
     def progress(self) -> BatchProgress:
         progress = BatchProgress(self.done, self.failed, self.keyed)
@@ -193,6 +226,20 @@ class Batch:
             return JobEnd(self.record, JobState.SUCCEEDED, result, None, self._final_progress())
         error = f"{self.failed} of {total} items failed; first: {failures[0]['error']}"
         return JobEnd(self.record, JobState.FAILED, result, error, self._final_progress())
+
+
+def run_inline(spec: JobSpec, record: JobRecord, ended_at: float) -> JobEnd:
+    """Run a batch's items here and now (its job declares them cheap: ``inline_when``),
+    each on its own as on a thread; its end, for a store to write as the job's first."""
+    assert record.items is not None
+    batch = Batch(spec, record, None, lambda _batch: None)
+    values, failed, _ = run_chunk(
+        spec.fn, [(record.items, 0, len(record.items), record.args, batch)]
+    )
+    batch.count(0, len(record.items), values, failed)
+    batch.left = 0
+    batch.ended_at = ended_at
+    return batch.end()
 
 
 class _Chunk:
@@ -263,6 +310,7 @@ class BatchRunner:
                 payload = []
                 for batch, start, stop in parts:
                     # The chunk's places go back when its thread is done (see _done).
+                    assert batch.hold is not None
                     batch.hold.take(stop - start)
                     payload.append((batch.record.items, start, stop, batch.record.args, batch))
                 count = sum(stop - start for _, start, stop in parts)
@@ -276,6 +324,7 @@ class BatchRunner:
             chunk.timer.cancel()
         self.chunks_in_flight -= 1
         for batch, start, stop in chunk.parts:
+            assert batch.hold is not None
             batch.hold.give_back(stop - start)
         if isinstance(outcome, BaseException):  # run_chunk itself failed: say so per item
             count = sum(stop - start for _, start, stop in chunk.parts)
@@ -297,33 +346,7 @@ class BatchRunner:
             at, position = position, position + n
             if batch.closed:
                 continue
-            items = batch.record.items
-            assert items is not None
-            key_of = batch.spec.item_key
-            if not failed or not any(p in failed for p in range(at, position)):
-                batch.done += n
-                if key_of is not None:  # a result that is its item is kept as a reference
-                    batch.keyed += [
-                        (key_of(item), item_ref(index) if value is item else value)
-                        for index, item, value in zip(
-                            range(start, stop), items[start:stop], values[at:position], strict=True
-                        )
-                    ]
-            else:
-                for index in range(start, stop):
-                    item, value = items[index], values[at + index - start]
-                    reason = failed.get(at + index - start)
-                    if reason is SKIPPED:
-                        batch.skipped += 1
-                        continue
-                    key = key_of(item) if key_of is not None else None
-                    if reason is None:
-                        batch.done += 1
-                        if key is not None:
-                            batch.keyed.append((key, item_ref(index) if value is item else value))
-                    else:
-                        batch.failed += 1
-                        batch.failures.append({"index": index, "key": key, "error": reason})
+            batch.count(start, stop, values[at:position], failed, at)
             self._counted(batch, n, ended)
         self._end(ended)
 

@@ -33,10 +33,11 @@ from service.errors import (
     ShuttingDown,
     StoreUnavailable,
     TooManyJobs,
+    TooManyTasks,
 )
 from service.ids import new_id
 from service.jobs import events as ev
-from service.jobs.batches import Batch, BatchRunner
+from service.jobs.batches import Batch, BatchRunner, run_inline
 from service.jobs.cpu_pool import CpuPool
 from service.jobs.deliveries import CallbackPolicy, Deliveries
 from service.jobs.fanout import Outcome, fan_out
@@ -204,7 +205,8 @@ class JobLayer:
         for batch in cut:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.requeue(batch.record.id, error=SHUTDOWN)
-            batch.hold.release()
+            if batch.hold is not None:
+                batch.hold.release()
         if late or cut:
             log.warning("%d jobs still running at shutdown: requeued", len(late) + len(cut))
         if late:
@@ -331,6 +333,8 @@ class JobLayer:
             raise ShuttingDown("this worker is shutting down; retry on another")
         if not_before is not None and not_before > self.clock():
             return await self._accept_later(spec, args, items, owner, not_before, key, callback)
+        if items is not None and spec.inline_when is not None and spec.inline_when(args):
+            return await self._accept_done(spec, args, items, owner, key, callback)
         pool = spec.pool
         hold = await self.admissions.admit(
             spec.name, pool, owner, 1 if items is None else len(items)
@@ -374,6 +378,57 @@ class JobLayer:
                 lane.running -= 1
                 record = record.replace(state=JobState.QUEUED, started_at=None, attempts=0)
             self.queue.enqueue(pool, record, hold)
+        return record
+
+    async def _accept_done(
+        self,
+        spec: JobSpec,
+        args: dict[str, Any],
+        items: list[Any],
+        owner: str,
+        key: IdempotencyKey | None,
+        callback: str | None = None,
+    ) -> JobRecord:
+        """A batch whose items are cheap: they run now, on the loop, and the job is stored
+        already ended, with its item results, in one write. It never waits for a place nor
+        counts in flight (it is never in flight), and costs no thread hand-off. Its batch
+        is held to the pool's bound all the same (it is one shape of request, whether its
+        items run inline or, with other options, on the pool)."""
+        try:
+            self.admissions.pools[spec.pool].check_fits(len(items))
+        except TooManyTasks:
+            self.events.rejected(spec.name, ev.TOO_LARGE)
+            raise
+        now = self.clock()
+        record = JobRecord(
+            id=self.new_id(),
+            name=spec.name,
+            owner=owner,
+            state=JobState.RUNNING,
+            created_at=now,
+            started_at=now,
+            attempts=1,
+            args=args,
+            items=items,
+            callback=callback,
+        )
+        end = run_inline(spec, record, now)
+        record = record.replace(
+            state=end.state,
+            finished_at=now,
+            error=end.error,
+            result=end.result,
+            done=end.progress.done if end.progress else 0,
+            failed=end.progress.failed if end.progress else 0,
+        )
+        try:
+            await self.store.add(record, key=key, items=end.progress)
+        except BaseException as ex:
+            self._refused(spec.name, ex)
+            raise
+        self.events.accepted(spec.name, spec.pool)
+        self.events.started(spec.name, 0.0)
+        self.events.finished(spec.name, record.state, 0.0)
         return record
 
     async def _accept_later(
@@ -440,7 +495,8 @@ class JobLayer:
     def _batch_ended(self, batch: Batch) -> None:
         """A batch that started at once (no task of its own) has ended and is written."""
         self.runner.batch_ended(batch)
-        batch.hold.release()
+        if batch.hold is not None:
+            batch.hold.release()
         self._wake(batch.record.id)
         self.lanes.freed(batch.spec.pool)
         self.queue.freed(batch.spec.pool)

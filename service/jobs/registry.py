@@ -32,6 +32,10 @@ class JobSpec:
     timeout_s: float
     #: For batch jobs: names an item's result for later look-up (e.g. a parcel's id).
     item_key: Callable[[Any], str] | None = None
+    #: For batch jobs whose items are cheap: given the batch's options, whether its items
+    #: may run on the event loop as the job is accepted, the job stored already ended (no
+    #: thread hand-off, no second write).
+    inline_when: Callable[[dict[str, Any]], bool] | None = None
     #: Failed attempts that are run again (a batch's items are not retried).
     retries: int = 0
     #: The wait before each retry.
@@ -56,6 +60,8 @@ class Registry:
             raise ValueError(f"job {spec.name!r}: timeout must be positive")
         if spec.is_async and (spec.pool != "io" or spec.item_key is not None):
             raise ValueError(f"job {spec.name!r}: a coroutine job runs on the io pool, alone")
+        if spec.inline_when is not None and (spec.pool != "io" or spec.is_async):
+            raise ValueError(f"job {spec.name!r}: only an io batch job may run inline")
         if spec.retries < 0:
             raise ValueError(f"job {spec.name!r}: retries must be 0 or more")
         known = self._specs.get(spec.name)
@@ -88,6 +94,7 @@ class Registry:
         pool: Pool,
         timeout: float = DEFAULT_TIMEOUT_S,
         item_key: Callable[[Any], str] | None = None,
+        inline_when: Callable[[dict[str, Any]], bool] | None = None,
         retries: int = 0,
         backoff: Backoff = DEFAULT_BACKOFF,
     ) -> Callable[[F], F]:
@@ -96,7 +103,9 @@ class Registry:
         ``timeout`` is seconds per call (for a batch, per item). The function takes and
         returns plain data (it may cross into another process and is stored for re-runs).
         A failed run (it raised, timed out, or its process died) is run again up to
-        ``retries`` times, ``backoff`` apart (see :mod:`service.jobs.retry`).
+        ``retries`` times, ``backoff`` apart (see :mod:`service.jobs.retry`). A batch job
+        whose items cost microseconds (no I/O) may say, by its options, when they run inline
+        with ``inline_when``.
         """
 
         def register(fn: F) -> F:
@@ -110,6 +119,7 @@ class Registry:
                     pool=pool,
                     timeout_s=float(timeout),
                     item_key=item_key,
+                    inline_when=inline_when,
                     retries=retries,
                     backoff=backoff,
                 )

@@ -49,8 +49,9 @@ class Move:
 
 
 #: A new job: stored running when a place is free at once, else queued; scheduled when it
-#: may start only later.
-ADD = Move("add", frozenset(), UNFINISHED)
+#: may start only later; or already ended, when its work was done as it was accepted (an
+#: inline batch: see the registry's ``inline_when``).
+ADD = Move("add", frozenset(), UNFINISHED | {JobState.SUCCEEDED, JobState.FAILED})
 #: A scheduled job's time has come: it waits for a place like any other.
 DUE = Move("due", frozenset({JobState.SCHEDULED}), frozenset({JobState.QUEUED}))
 #: A waiting job gets its place (a worker's lane, or a claim from a shared queue).

@@ -73,13 +73,21 @@ class Store(Protocol):
     async def find_key(self, key: IdempotencyKey, now: float) -> tuple[str, bytes] | None:
         """The job and fingerprint of an unexpired earlier submit of ``key``, if any."""
 
-    async def add(self, record: JobRecord, *, key: IdempotencyKey | None = None) -> JobState:
+    async def add(
+        self,
+        record: JobRecord,
+        *,
+        key: IdempotencyKey | None = None,
+        items: BatchProgress | None = None,
+    ) -> JobState:
         """Store a new job (queued, or running when it starts at once); return once it is
         durable (the 202 waits for this), with the state it was stored in: a shared queue
         that holds older jobs of the same pool stores a job offered as running as queued
         (first come, first served across the fleet). Raises Overloaded when a shared queue
         is full. With ``key``, the key is stored with the job in the same write (a shared
-        store raises KeyTaken if another submit stored it first)."""
+        store raises KeyTaken if another submit stored it first). A job stored already
+        ended (an inline batch: its state final, its result set) comes with its keyed
+        ``items`` results, written in the same write."""
 
     async def claim(self, room: Mapping[Pool, int], now: float) -> list[JobRecord]:
         """Start (queued → running, attempts + 1) up to ``room[pool]`` of the oldest queued

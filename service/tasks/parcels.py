@@ -115,7 +115,13 @@ def parcel_key(item: dict[str, str]) -> str:
     return item["id"]
 
 
-@job("parcel", pool="io", timeout=30, item_key=parcel_key)
+def without_latency(options: dict[str, Any]) -> bool:
+    """A parcel is stored with its job: without a simulated storage latency
+    (``JOBPOOL_PARCEL_LATENCY_MS``) its task is its item, and runs inline."""
+    return not options.get("latency_ms")
+
+
+@job("parcel", pool="io", timeout=30, item_key=parcel_key, inline_when=without_latency)
 def store_parcel(item: dict[str, str], *, latency_ms: list[int] | None = None) -> dict[str, str]:
     """Store one parcel. Its own ``item`` comes in as an argument, never a shared variable:
     the seed's loop-pointer bug has no twin here."""

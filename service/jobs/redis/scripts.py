@@ -213,12 +213,14 @@ end
 """
 )
 
-#: ARGV: prefix, id, pool, want (running 1, queued 0, scheduled s), queue max, consumer, now
-#: (the time it may start, for a scheduled job), owner, owner's cap of jobs in flight (0:
-#: none), idempotency key ('' for none), its fingerprint, its time to live (ms), field,
-#: value, … Returns {state, entry}: running (leased by the consumer), queued, scheduled,
-#: or not stored: {full, jobs waiting}, {client_limit, in flight}, or {taken, job id,
-#: fingerprint} (the key names another job: the check and the write are one step).
+#: ARGV: prefix, id, pool, want (running 1, queued 0, scheduled s, ended f), queue max,
+#: consumer, now (the time it may start, for a scheduled job; its end, for an ended one),
+#: owner, owner's cap of jobs in flight (0: none), idempotency key ('' for none), its
+#: fingerprint, its time to live (ms), items' expiry (ms), n items, key, value, … (an
+#: ended batch's keyed results), field, value, … Returns {state, entry}: running (leased
+#: by the consumer), queued, scheduled, succeeded or failed (stored ended), or not stored:
+#: {full, jobs waiting}, {client_limit, in flight}, or {taken, job id, fingerprint} (the
+#: key names another job: the check and the write are one step).
 ADD = r"""
 local id, pool, want, qmax, me, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local owner, cap = ARGV[8], tonumber(ARGV[9])
@@ -231,6 +233,7 @@ if idem ~= '' then
   local held = redis.call('HMGET', idem, 'job', 'fingerprint')
   if held[1] then return {'taken', held[1], held[2]} end
 end
+local fields = write_items(id, ARGV[13], 14)  -- none but for an ended job
 -- Past every refusal below, the job is stored: its key with it.
 local function keep_key()
   if idem ~= '' then
@@ -238,9 +241,17 @@ local function keep_key()
     redis.call('PEXPIRE', idem, ttl)
   end
 end
+if want == 'f' then  -- its work was done as it was accepted: never in flight
+  redis.call('HSET', job, 'pool', pool, 'attempts', 1, 'finished', now, unpack(ARGV, fields))
+  index_new(job, id)
+  keep_key()
+  redis.call('ZADD', P .. 'finished', now, id)
+  outbox(job, id, now)
+  return {redis.call('HGET', job, 'state'), ''}
+end
 if want == 's' then  -- not in flight until it is due (promote counts it then)
   redis.call('HSET', job, 'pool', pool, 'state', 'scheduled', 'attempts', 0, 'not_before', now,
-             unpack(ARGV, 13))
+             unpack(ARGV, fields))
   index_new(job, id)
   keep_key()
   redis.call('ZADD', SCHEDULED, now, id)
@@ -253,7 +264,7 @@ end
 local waiting = redis.call('XLEN', P .. 'queue:' .. pool)
 if want == '1' and waiting == 0 then
   ensure_running()
-  redis.call('HSET', job, 'pool', pool, 'state', 'running', 'attempts', 0, unpack(ARGV, 13))
+  redis.call('HSET', job, 'pool', pool, 'state', 'running', 'attempts', 0, unpack(ARGV, fields))
   redis.call('HINCRBY', INFLIGHT, owner, 1)
   index_new(job, id)
   keep_key()
@@ -262,7 +273,7 @@ end
 if waiting >= qmax then
   return {'full', tostring(waiting)}
 end
-redis.call('HSET', job, 'pool', pool, 'state', 'queued', 'attempts', 0, unpack(ARGV, 13))
+redis.call('HSET', job, 'pool', pool, 'state', 'queued', 'attempts', 0, unpack(ARGV, fields))
 redis.call('HINCRBY', INFLIGHT, owner, 1)
 index_new(job, id)
 keep_key()

@@ -72,7 +72,7 @@ from service.jobs.record import (
 from service.jobs.redis.scripts import PRELUDE, SCRIPTS
 from service.jobs.registry import Pool
 from service.jobs.slots import claim_slot, host_id
-from service.jobs.state import JobState
+from service.jobs.state import JobState, is_final
 from service.jobs.store import INTERRUPTED, KeyTaken, capped_result
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,13 @@ def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
 
 
 #: How add() asks for each state a new job may be stored in.
-_WANT = {JobState.RUNNING: "1", JobState.QUEUED: "0", JobState.SCHEDULED: "s"}
+_WANT = {
+    JobState.RUNNING: "1",
+    JobState.QUEUED: "0",
+    JobState.SCHEDULED: "s",
+    JobState.SUCCEEDED: "f",
+    JobState.FAILED: "f",
+}
 
 
 def _record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
@@ -372,7 +378,13 @@ class RedisStore:
         job_id, fingerprint = await self._call("HMGET", _key_key(key), "job", "fingerprint")
         return None if job_id is None else (job_id.decode(), fingerprint)
 
-    async def add(self, record: JobRecord, *, key: IdempotencyKey | None = None) -> JobState:
+    async def add(
+        self,
+        record: JobRecord,
+        *,
+        key: IdempotencyKey | None = None,
+        items: BatchProgress | None = None,
+    ) -> JobState:
         fields: list[Any] = [
             "name", record.name, "owner", record.owner,
             "created", _num(record.created_at), "args", _dumps(record.args),
@@ -385,6 +397,17 @@ class RedisStore:
             fields += ["traceparent", record.traceparent]
         want = _WANT[record.state]
         when = record.not_before if record.state is JobState.SCHEDULED else record.started_at
+        if is_final(record.state):  # an inline batch, stored ended: its result with it
+            blob, _, _ = capped_result(
+                record.result, record.state, record.error, limit=self.result_max
+            )
+            fields += [
+                "state", record.state.value, "started", _num(record.created_at),
+                "done", record.done, "failed", record.failed,
+            ]  # fmt: skip
+            fields += [] if blob is None else ["result", blob]
+            fields += [] if record.error is None else ["error", record.error]
+            when = record.finished_at
         idem: list[Any] = ["", "", 0]
         if key is not None:
             ttl_ms = max(1, int((key.expires_at - time.time()) * 1000))
@@ -392,7 +415,7 @@ class RedisStore:
         state, entry, *taken = await self._script(
             "add", record.id, self.lane_of(record.name), want, self.queue_max, self.consumer,
             _num(when or record.created_at), record.owner, self.client_max_inflight, *idem,
-            *fields,
+            self._items_expire(record), *self._items(record, items), *fields,
         )  # fmt: skip
         if state == b"taken":
             raise KeyTaken(entry.decode(), taken[0])

@@ -168,6 +168,14 @@ BEGIN
     VALUES (NEW.id, NEW.owner, NEW.callback, NEW.traceparent, 'pending',
             coalesce(NEW.finished_at, 0), coalesce(NEW.finished_at, 0));
 END;
+-- A job stored already ended (an inline batch): its delivery in the same insert.
+CREATE TRIGGER IF NOT EXISTS outbox_ended AFTER INSERT ON jobs
+WHEN NEW.callback IS NOT NULL AND NEW.state IN {_FINAL}
+BEGIN
+    INSERT OR IGNORE INTO deliveries (job_id, owner, url, traceparent, state, first_at, next_at)
+    VALUES (NEW.id, NEW.owner, NEW.callback, NEW.traceparent, 'pending',
+            coalesce(NEW.finished_at, 0), coalesce(NEW.finished_at, 0));
+END;
 COMMIT;
 """
 
@@ -184,7 +192,8 @@ JOB_ITEMS = "SELECT items FROM jobs WHERE id = ?"
 
 INSERT_JOB = (
     "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts, args, items,"
-    " not_before, callback, traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " not_before, finished_at, error, result, done, failed, callback, traceparent)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # The moves of a job's state apply in the states service/jobs/state.py declares for them.
 START_JOB = (

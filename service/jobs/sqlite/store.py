@@ -85,7 +85,7 @@ from service.jobs.sqlite.shards import (
     shard_paths,
     sweep,
 )
-from service.jobs.state import JobState
+from service.jobs.state import JobState, is_final
 from service.jobs.store import capped_result
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,18 @@ class SqliteStore:
                 return str(found[0]), bytes(found[1])
         return None
 
-    async def add(self, record: JobRecord, *, key: IdempotencyKey | None = None) -> JobState:
-        items = None if record.items is None else dumps(record.items)
+    async def add(
+        self,
+        record: JobRecord,
+        *,
+        key: IdempotencyKey | None = None,
+        items: BatchProgress | None = None,
+    ) -> JobState:
+        result = None
+        if is_final(record.state):  # an inline batch, stored ended: its result with it
+            end = JobEnd(record, record.state, record.result, record.error)
+            _, _, _, result, *_ = await self._end_row(end, record.finished_at or 0.0)
+        blob = None if record.items is None else dumps(record.items)
         args = dumps(record.args)
         if len(args) > INLINE_MAX:
             await self._put_file(record.id, "args", args)
@@ -198,9 +208,12 @@ class SqliteStore:
         writes = self._writes()
         committed = writes.insert_job((
             record.id, record.name, record.owner, record.state.value, record.created_at,
-            record.started_at, record.attempts, args, items, record.not_before, record.callback,
-            record.traceparent,
+            record.started_at, record.attempts, args, blob, record.not_before,
+            record.finished_at, record.error, result, record.done, record.failed,
+            record.callback, record.traceparent,
         ))  # fmt: skip
+        if items is not None and items.keyed:
+            writes.upsert_items(item_rows(record, items))
         if key is not None:  # in the job's own transaction
             row = (key.name, record.id, key.fingerprint, key.expires_at)
             await writes.run(lambda conn: conn.execute(PUT_KEY, row))
