@@ -26,6 +26,7 @@ LEAVES = {
     "service.netguard",
     "service.logs",
     "service.signals",
+    "service.tracing",
 }
 
 
@@ -69,7 +70,8 @@ def broken_rules(importer: str, imported: str) -> str | None:
         return "a leaf module uses nothing else of the service"
     if within(importer, "service.jobs"):
         for room in ("service.api", "service.tasks", "service.clients", "service.app",
-                     "service.metrics", "service.keys", "service.netguard"):  # fmt: skip
+                     "service.metrics", "service.keys", "service.netguard", "service.outbound",
+                     "service.callbacks"):  # fmt: skip
             if within(imported, room):
                 return "the job layer knows nothing of HTTP, tasks, clients or metrics"
     if within(importer, "service.tasks"):
@@ -110,5 +112,6 @@ def test_the_rules_catch_a_wall_crossed() -> None:
     assert broken_rules("service.jobs.layer", "service.api.http") is not None
     assert broken_rules("service.tasks.parcels", "service.jobs.layer") is not None
     assert broken_rules("service.ids", "service.config") is not None
+    assert broken_rules("service.jobs.deliveries", "service.outbound") is not None
     assert broken_rules("service.api.parcels", "service.jobs.layer") is None
     assert service_imports(MODULES["service.api.parcels"]) >= {"service.jobs.layer"}

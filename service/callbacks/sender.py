@@ -5,7 +5,7 @@ The URL is parsed and its name resolved once, every address checked
 (:func:`service.outbound.open_pinned`), and a redirect is an answer like any other, never
 followed. The body is the job's document; the headers are Standard Webhooks'
 (``webhook-id``: the job's id, the same on every attempt; ``webhook-timestamp``;
-``webhook-signature``, see :mod:`.signing`).
+``webhook-signature``, see :mod:`.signing`), and ``traceparent`` when the submit was traced.
 """
 
 from __future__ import annotations
@@ -17,11 +17,20 @@ from collections.abc import Callable
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
+from service import tracing
 from service.callbacks.secrets import SETTING, CallbackSecrets
 from service.callbacks.signing import sign
 from service.jobs.deliveries import Answer
 from service.jobs.record import Delivery
-from service.netguard import BadURL, BlockedAddress, Resolver, parse_url, resolve_checked
+from service.netguard import (
+    BadURL,
+    BlockedAddress,
+    IPAddress,
+    ParsedURL,
+    Resolver,
+    parse_url,
+    resolve_checked,
+)
 from service.outbound import ADDRESSES_TRIED, discard, open_pinned, retry_after_s
 
 USER_AGENT = "jobpool-callback/0.1"
@@ -73,6 +82,13 @@ class CallbackSender:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(keys, delivery.job_id, timestamp, body),
         }
+        with tracing.outgoing("POST callback", delivery.traceparent) as carrier:
+            headers.update(carrier)  # traceparent: the receiver joins the submit's trace
+            return self._post(hop, addresses, headers, body)
+
+    def _post(
+        self, hop: ParsedURL, addresses: list[IPAddress], headers: dict[str, str], body: bytes
+    ) -> Answer:
         timeout = urllib3.Timeout(total=self.timeout_s)
         failure = ""
         for address in addresses[:ADDRESSES_TRIED]:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from service import tracing
 from service.errors import (
     Invalid,
     KeyReused,
@@ -355,6 +356,7 @@ class JobLayer:
             args=args,
             items=items,
             callback=callback,
+            traceparent=tracing.current_traceparent(),
         )
         try:
             stored = await self.store.add(record, key=key)
@@ -411,8 +413,10 @@ class JobLayer:
             args=args,
             items=items,
             callback=callback,
+            traceparent=tracing.current_traceparent(),
         )
-        end = run_inline(spec, record, now)
+        with tracing.run_here(spec.name):  # it runs within its request
+            end = run_inline(spec, record, now)
         record = record.replace(
             state=end.state,
             finished_at=now,
@@ -454,6 +458,7 @@ class JobLayer:
             items=items,
             not_before=not_before,
             callback=callback,
+            traceparent=tracing.current_traceparent(),
         )
         try:
             await self.store.add(record, key=key)
