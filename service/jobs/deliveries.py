@@ -1,8 +1,8 @@
 """Completion callbacks: the deliverer that empties the outbox.
 
 The store writes a job's delivery in the write that ends it (see :class:`~service.jobs.store.
-Store`); here a worker takes due deliveries, POSTs each job's document on the io pool (at
-most ``concurrency`` at once, on threads of their own: jobs keep theirs), and records the
+Store`); here a worker takes due deliveries, POSTs each job's document on the io pool's
+reserved threads (at most ``concurrency`` at once: jobs keep their threads), records the
 outcome: delivered on a 2xx; else pending again after an exponential backoff with full
 jitter (at least the receiver's ``Retry-After`` on a 429 or 503), until the horizon after
 the job's end, past which it is kept as failed (``POST /v1/jobs/{id}/callback`` re-sends).
@@ -160,7 +160,7 @@ class Deliveries:
             body = msgspec.json.encode(record.replace(callback=None, delivery=None).document())
             try:
                 answer: Answer = await asyncio.wait_for(
-                    self.io.submit(self.policy.sender, delivery, body), self.lease_s
+                    self.io.submit_reserved(self.policy.sender, delivery, body), self.lease_s
                 )
             except TimeoutError:
                 answer = Answer(error=f"no answer within {self.lease_s:g} s")

@@ -13,16 +13,21 @@ from typing import Any
 class IoPool:
     """Runs functions on threads; the caller awaits an asyncio future.
 
-    ``threads`` are the jobs' (the lanes count them); ``reserved`` more are for the layer's
-    own bounded work beside them (callback POSTs, at most that many at once), so that work
-    never takes a thread a job counts on.
+    ``threads`` are the jobs'; ``reserved`` more, in an executor of their own, run the
+    layer's own bounded work (:meth:`submit_reserved`: callback POSTs), which so never takes
+    a thread from a job nor gives one to it.
     """
 
     def __init__(self, threads: int, *, reserved: int = 0) -> None:
         self.threads = threads
         self.reserved = reserved
         self.busy = 0
-        self._executor = ThreadPoolExecutor(threads + reserved, thread_name_prefix="jobpool-io")
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="jobpool-io")
+        self._reserved = (
+            ThreadPoolExecutor(reserved, thread_name_prefix="jobpool-io-reserved")
+            if reserved
+            else None
+        )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Start ``fn`` on a thread. A timeout cannot stop a thread: the future still ends."""
@@ -31,6 +36,12 @@ class IoPool:
         future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
         future.add_done_callback(self._done)
         return future
+
+    def submit_reserved(self, fn: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]:
+        """Start ``fn(*args)`` on a reserved thread (on a job's thread when none is)."""
+        if self._reserved is None:
+            return self.submit(fn, *args)
+        return asyncio.get_running_loop().run_in_executor(self._reserved, fn, *args)
 
     def post(self, fn: Callable[..., Any], /, *args: Any, done: Callable[[Any], None]) -> None:
         """Start ``fn(*args)`` on a thread, then call ``done(result)`` on the loop (with the
@@ -62,3 +73,5 @@ class IoPool:
 
     def close(self, *, wait: bool) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=True)
+        if self._reserved is not None:
+            self._reserved.shutdown(wait=wait, cancel_futures=True)
