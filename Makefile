@@ -1,5 +1,5 @@
 # Conveniences for developers; the README's two commands need nothing but python3.
-.PHONY: run test lint check bench bench-cpu
+.PHONY: run test lint check bench bench-cpu screenshots
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -25,3 +25,7 @@ check: lint test
 bench: $(VENV)
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) -m bench.ingest
+
+# The README's screenshots of the dashboard, taken by its browser tests (needs chromium).
+screenshots: $(VENV)
+	JOBPOOL_SCREENSHOTS=docs $(PY) -m pytest -q tests/test_ui_browser.py

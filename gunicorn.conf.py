@@ -91,10 +91,10 @@ accesslog = None
 class JsonLogger(Logger):
     """gunicorn's logger, whose access log runs only when ``accesslog`` is set: gunicorn
     turns it on whenever a ``logconfig_dict`` is given, and then builds its log atoms for
-    every request (~5% of the seed batch's CPU), to throw them away."""
+    every request (~5% of the seed batch's CPU), to throw them away. (gunicorn keeps what
+    this says, computed at setup: a property here cost a call per request.)"""
 
-    @property
-    def access_log_enabled(self):
+    def _compute_access_log_enabled(self):
         return self.cfg.accesslog is not None
 
     def setup(self, cfg):

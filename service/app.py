@@ -11,7 +11,7 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from service import signals
+from service import signals, ui
 from service.api import problems, security
 from service.api.callbacks import CallbackResource
 from service.api.fetch import FetchResource
@@ -20,7 +20,7 @@ from service.api.images import ImagesResource
 from service.api.jobs import JobResource, JobResultResource
 from service.api.listing import JobsResource
 from service.api.metrics import MetricsResource
-from service.api.middleware import Lifecycle, RequestId, Telemetry
+from service.api.middleware import Lifecycle, Telemetry
 from service.api.openapi import OpenApiResource, document
 from service.api.parcels import ParcelResource, ParcelsResource
 from service.api.search import SearchResource
@@ -211,13 +211,22 @@ def create_app(
     service = Service(settings, configured)
     layer = service.layer
     keyring = Keyring.from_settings(settings)
+    dashboard = (
+        ui.build(
+            settings, layer=layer, keyring=keyring, limits=service.limits, metrics=service.metrics
+        )
+        if settings.ui
+        else None
+    )
     metrics_port = port_of(settings.metrics_bind) if settings.metrics_bind else None
     middleware: list[Any] = [
-        RequestId(),
         # Outside the security middleware: refused requests (401, 429) are timed and logged.
         Telemetry(service.metrics, metrics_port=metrics_port),
-        *security.middleware(settings, keyring, service.limits),
+        *security.middleware(
+            settings, keyring, service.limits, pages=dashboard.sessions if dashboard else None
+        ),
         Lifecycle(service.start, service.stop),
+        *([Lifecycle(dashboard.start, dashboard.stop)] if dashboard else []),
     ]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
@@ -240,6 +249,8 @@ def create_app(
     if service.metrics is not None:
         app.add_route("/metrics", MetricsResource(service.metrics))
     app.add_route("/openapi.json", OpenApiResource(document(settings)))
+    if dashboard is not None:
+        dashboard.install(app)
     if extend is not None:
         extend(app, layer, settings)
     return app

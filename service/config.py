@@ -397,6 +397,17 @@ class Settings:
     header_bytes_max: int = _setting(
         "HEADER_BYTES_MAX", 8190, _int(256, 65536), "bytes of one header field (gunicorn)"
     )
+    # -- the web dashboard (service/ui) ------------------------------------------------
+    ui: bool = _setting(
+        "UI", False, _bool, "the web dashboard at /ui (same keys and limits as the API): on or off"
+    )
+    ui_session_s: int = _setting(
+        "UI_SESSION_S", 28_800, _int(60, 30 * 86_400), "dashboard: how long a login lasts"
+    )
+    ui_poll_s: int = _setting(
+        "UI_POLL_S", 2, _int(1, 60),
+        "dashboard: how often an open page asks for fresh figures (and fleet hosts publish)",
+    )  # fmt: skip
     header_timeout_s: int = _setting(
         "HEADER_TIMEOUT_S", 10, _int(1, 3600),
         "a request's line and headers must arrive within this of its first byte; else 408",

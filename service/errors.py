@@ -109,6 +109,12 @@ class JobNotFound(ServiceError, LookupError):
     title = "Job not found"
 
 
+class Forbidden(ServiceError, PermissionError):
+    """The caller is known but may not do this (a dashboard form from another site)."""
+
+    title = "Forbidden"
+
+
 class NotFound(ServiceError, LookupError):
     """No such resource (other than a job)."""
 

@@ -3,14 +3,16 @@
 A key is ``jp_`` plus 43 url-safe base64 characters: 256 random bits from ``secrets``. The
 service stores only ``sha256(key)``, each with the name of the client it belongs to, one
 entry per key: ``NAME:sha256:HEX``. A client may have several keys (that is how a key is
-rotated: add the new one, let the client switch, remove the old one).
+rotated: add the new one, let the client switch, remove the old one). An entry may end with
+a role, ``NAME:sha256:HEX:operator``: an operator's key sees every client's jobs and the
+host's panels on the dashboard (``service.ui``); without one the role is ``client``.
 
 Entries come from ``JOBPOOL_API_KEYS`` (comma- or whitespace-separated) and/or the file
 named by ``JOBPOOL_API_KEYS_FILE`` (one entry a line, ``#`` comments). The file is read again
 when it changes, so a key is revoked by removing its line: no restart.
 
-    python -m service.keys new NAME     # a new key for NAME and the entry to configure
-    python -m service.keys hash NAME    # the entry for an existing key read from stdin
+    python -m service.keys new NAME [--role operator]   # a new key and its entry
+    python -m service.keys hash NAME [--role operator]  # the entry of a key read from stdin
 
 Why a plain SHA-256 and not a password hash (bcrypt, scrypt, argon2): those are slow on
 purpose so that a stolen hash of a *human-chosen* password cannot be brute-forced from a
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 from service.errors import ConfigError, Unauthorized
 
@@ -52,8 +54,11 @@ FILE_CHECK_S = 2.0
 #: Bytes of a hash that pick its entry; the whole hash is then compared in constant time.
 LOOKUP_BYTES = 16
 
+#: What a key may see: ``client``, its own jobs; ``operator``, everyone's and the host's.
+Role = Literal["client", "operator"]
+ROLES: tuple[Role, ...] = get_args(Role)
 CLIENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-ENTRY = re.compile(rf"({CLIENT.pattern}):{ALGORITHM}:([0-9a-fA-F]{{64}})")
+ENTRY = re.compile(rf"({CLIENT.pattern}):{ALGORITHM}:([0-9a-fA-F]{{64}})(?::({'|'.join(ROLES)}))?")
 # RFC 6750 b64token, as a whole Authorization value: "Bearer" 1*SP token.
 BEARER = re.compile(r"Bearer +([A-Za-z0-9._~+/-]+=*)", re.IGNORECASE)
 
@@ -68,19 +73,29 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def entry_for(client: str, key: str) -> str:
-    """The configuration entry ``NAME:sha256:HEX`` of ``client``'s ``key``."""
+def entry_for(client: str, key: str, role: Role = "client") -> str:
+    """The configuration entry ``NAME:sha256:HEX`` of ``client``'s ``key`` (with
+    ``:operator`` appended for an operator's key)."""
     if not CLIENT.fullmatch(client):
         raise ValueError(f"{client!r} is not a client name (letters, digits, . _ @ -; <= 64)")
-    return f"{client}:{ALGORITHM}:{digest(key).hex()}"
+    if role not in ROLES:
+        raise ValueError(f"{role!r} is not a role ({', '.join(ROLES)})")
+    suffix = "" if role == "client" else f":{role}"
+    return f"{client}:{ALGORITHM}:{digest(key).hex()}{suffix}"
 
 
 @dataclass(frozen=True)
 class KeyEntry:
-    """One configured key: its client and the SHA-256 of the key."""
+    """One configured key: its client, the SHA-256 of the key, and its role."""
 
     client: str
     digest: bytes
+    role: Role = "client"
+
+    @property
+    def fingerprint(self) -> bytes:
+        """The bytes of the hash that find the entry (what a dashboard session names)."""
+        return self.digest[:LOOKUP_BYTES]
 
 
 def parse_entries(text: str, *, source: str) -> tuple[KeyEntry, ...]:
@@ -96,10 +111,11 @@ def parse_entries(text: str, *, source: str) -> tuple[KeyEntry, ...]:
             if match is None:
                 where = f"line {number}" if "\n" in text.strip() else "an entry"
                 raise ValueError(
-                    f"{where} of {source} is not NAME:{ALGORITHM}:HEX (64 hex digits);"
-                    " make one with: python -m service.keys new NAME"
+                    f"{where} of {source} is not NAME:{ALGORITHM}:HEX[:operator] (64 hex"
+                    " digits); make one with: python -m service.keys new NAME"
                 )
-            entries.append(KeyEntry(match.group(1), bytes.fromhex(match.group(2))))
+            role: Role = "operator" if match.group(3) == "operator" else "client"
+            entries.append(KeyEntry(match.group(1), bytes.fromhex(match.group(2)), role))
     return tuple(entries)
 
 
@@ -130,6 +146,10 @@ def _index(entries: Iterable[KeyEntry]) -> dict[bytes, KeyEntry]:
             raise ConfigError(
                 f"JOBPOOL_API_KEYS: one key is configured for two clients,"
                 f" {known.client!r} and {e.client!r}"
+            )
+        if known.role != e.role:
+            raise ConfigError(
+                f"JOBPOOL_API_KEYS: one key of {e.client!r} is configured with two roles"
             )
     return index
 
@@ -185,14 +205,17 @@ class Keyring:
         return {e.client for e in self._by_digest.values()}
 
     def authenticate(self, authorization: str | None) -> str:
-        """The client of an ``Authorization: Bearer <key>`` value, else :class:`Unauthorized`.
+        """The client of an ``Authorization: Bearer <key>`` value, else :class:`Unauthorized`."""
+        return self.identify(authorization).client
+
+    def identify(self, authorization: str | None) -> KeyEntry:
+        """The entry of an ``Authorization: Bearer <key>`` value, else :class:`Unauthorized`.
 
         O(1): the presented key is hashed once, the first bytes of its hash pick the one
         entry it could be, and the whole hash is compared with ``hmac.compare_digest``
         (constant time). The look-up's own timing depends only on SHA-256 output of the
         caller's guess, which no caller can steer, so it says nothing about a stored hash.
         """
-        self._maybe_reload()
         if not authorization:
             raise Unauthorized("this route needs an API key: Authorization: Bearer <key>")
         match = BEARER.fullmatch(authorization) if len(authorization) <= TOKEN_MAX else None
@@ -200,11 +223,24 @@ class Keyring:
             if not authorization[:7].lower().startswith("bearer"):
                 raise Unauthorized("only Bearer API keys are accepted: Authorization: Bearer <key>")
             raise Unauthorized("the API key is malformed", error="invalid_token")
-        presented = digest(match.group(1))
+        return self.find(match.group(1))
+
+    def find(self, key: str) -> KeyEntry:
+        """The entry of ``key`` itself (a login form's), else :class:`Unauthorized`."""
+        self._maybe_reload()
+        if not key or len(key) > TOKEN_MAX:
+            raise Unauthorized("the API key is not valid", error="invalid_token")
+        presented = digest(key)
         entry = self._by_digest.get(presented[:LOOKUP_BYTES])
         if entry is None or not hmac.compare_digest(entry.digest, presented):
             raise Unauthorized("the API key is not valid", error="invalid_token")
-        return entry.client
+        return entry
+
+    def by_fingerprint(self, fingerprint: bytes) -> KeyEntry | None:
+        """The entry whose :attr:`KeyEntry.fingerprint` this is, while it is configured (a
+        dashboard session ends when its key is removed)."""
+        self._maybe_reload()
+        return self._by_digest.get(fingerprint)
 
     # -- the keys file, read again when it changes ----------------------------------
 
@@ -244,13 +280,17 @@ def _stamp(path: Path) -> tuple[int, int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m service.keys new NAME`` | ``hash NAME`` (key on stdin)."""
+    """``python -m service.keys new NAME`` | ``hash NAME`` (key on stdin); ``--role R``."""
     args = list(sys.argv[1:] if argv is None else argv)
     usage = (
-        "usage: python -m service.keys new NAME   print a new key for client NAME\n"
-        "       python -m service.keys hash NAME  print the entry of a key read from stdin"
+        "usage: python -m service.keys new NAME [--role operator]   print a new key for NAME\n"
+        "       python -m service.keys hash NAME [--role operator]  the entry of a key on stdin"
     )
-    if len(args) != 2 or args[0] not in {"new", "hash"}:
+    role = "client"
+    if len(args) == 4 and args[2] == "--role":
+        role = args.pop()
+        args.pop()
+    if len(args) != 2 or args[0] not in {"new", "hash"} or role not in ROLES:
         print(usage, file=sys.stderr)
         return 2
     command, client = args
@@ -258,10 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jobpool: {client!r} is not a client name (letters, digits, . _ @ -)",
               file=sys.stderr)  # fmt: skip
         return 2
+    as_role: Role = "operator" if role == "operator" else "client"
     if command == "new":
         key = new_key()
         print(f"key:   {key}")
-        print(f"entry: {entry_for(client, key)}")
+        print(f"entry: {entry_for(client, key, as_role)}")
         print(
             "Give the key to the client (it is not stored anywhere); add the entry to\n"
             "JOBPOOL_API_KEYS (comma-separated) or as a line of JOBPOOL_API_KEYS_FILE.",
@@ -272,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not key:
         print("jobpool: no key on stdin", file=sys.stderr)
         return 2
-    print(entry_for(client, key))
+    print(entry_for(client, key, as_role))
     return 0
 
 

@@ -15,7 +15,7 @@ So other workers' figures in a scrape are at most that old, and a worker killed 
 SIGKILL loses at most its last interval of counts.
 
 The metrics (``job``, ``pool``, ``route`` label values come from the code, never from a
-request, so the number of series stays bounded):
+request, and ``client`` from the configured keys, so the number of series stays bounded):
 
 ========================================== ========= ===================================
 name                                       type      labels
@@ -25,6 +25,7 @@ jobpool_http_request_duration_seconds      histogram route, method
 jobpool_jobs_submitted_total               counter   job, pool
 jobpool_jobs_rejected_total                counter   job, reason
 jobpool_jobs_completed_total               counter   job, state
+jobpool_client_requests_total              counter   client, status
 jobpool_job_run_seconds                    histogram job
 jobpool_job_queue_wait_seconds             histogram job
 jobpool_pool_queued_jobs                   gauge     pool
@@ -45,9 +46,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -60,6 +63,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from service.jobs.events import JobEvents, PoolStats
 from service.jobs.registry import Pool
@@ -78,6 +82,26 @@ JOB_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 3
 #: The route label of a request that matched no route (never its path: unbounded).
 UNMATCHED = "unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: Routes left out of :meth:`Metrics.figures`' request counts: the dashboard's own, so that
+#: watching the service does not change what is watched.
+UNWATCHED_PREFIX = "/ui"
+
+
+@dataclass
+class Figures:
+    """What the dashboard charts of a host: every worker's figures, summed (counters are
+    totals since the host's start; the dashboard turns them into rates)."""
+
+    #: pool -> gauge (``queued_jobs``, ``busy_slots``, ...) -> value, over the live workers.
+    pools: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    #: accepted, succeeded, failed, cancelled, rejected: jobs since the start.
+    jobs: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Requests answered (the dashboard's own left out), and how many took at most each
+    #: bound of :data:`REQUEST_BUCKETS` (cumulative; the last count is every request).
+    requests: float = 0.0
+    latency: list[float] = dataclasses.field(default_factory=list)
+    #: client -> {"requests": answered, "throttled": answered 429}.
+    clients: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 class _Counts:
@@ -194,6 +218,13 @@ class Metrics(JobEvents):
                 ("job", "state"),
             )
         )
+        self._client_requests = _Counts(
+            counter(
+                "jobpool_client_requests_total",
+                "Requests of authenticated clients answered, by client and status.",
+                ("client", "status"),
+            )
+        )
         self._retried = _Counts(
             counter(
                 "jobpool_jobs_retried_total",
@@ -264,10 +295,15 @@ class Metrics(JobEvents):
 
     # -- the hot path: plain dict updates --------------------------------------------
 
-    def request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One answered request (the access middleware, per request)."""
+    def request(
+        self, route: str, method: str, status: int, seconds: float, client: str | None = None
+    ) -> None:
+        """One answered request (the access middleware, per request), of ``client`` when
+        its key was known."""
         self._requests.add((route, method, status))
         self._request_seconds.observe((route, method), seconds)
+        if client is not None:
+            self._client_requests.add((client, status))
 
     def accepted(self, job: str, pool: Pool) -> None:
         self._submitted.add((job, pool))
@@ -302,7 +338,7 @@ class Metrics(JobEvents):
         """Write this worker's pending counts and its pool gauges."""
         for counts in (
             self._requests, self._submitted, self._rejected, self._completed, self._retried,
-            self._delayed, self._cancelled,
+            self._delayed, self._cancelled, self._client_requests,
         ):  # fmt: skip
             counts.flush()
         for observations in (self._request_seconds, self._run_seconds, self._wait_seconds):
@@ -333,6 +369,45 @@ class Metrics(JobEvents):
                 await self._loop_task
             self._loop_task = None
         self.flush()
+
+    def figures(self) -> Figures:
+        """The host's figures for the dashboard, read from every worker's files (file I/O:
+        call off the loop, after :meth:`flush` on it, as for :meth:`exposition`)."""
+        out = Figures(latency=[0.0] * (len(REQUEST_BUCKETS) + 1))
+        # The "le" label as prometheus_client writes it ("0.001", "1.0", "+Inf").
+        bounds = {
+            floatToGoString(b): i  # type: ignore[no-untyped-call]
+            for i, b in enumerate(REQUEST_BUCKETS)
+        } | {"+Inf": -1}
+        jobs = out.jobs = dict.fromkeys(("accepted", "succeeded", "failed", "cancelled",
+                                         "rejected"), 0.0)  # fmt: skip
+        for family in self.registry.collect():
+            name = family.name
+            for sample in family.samples:
+                labels, value = sample.labels, sample.value
+                if name.startswith("jobpool_pool_"):
+                    pool = out.pools.setdefault(labels["pool"], {})
+                    gauge = name.removeprefix("jobpool_pool_")
+                    pool[gauge] = pool.get(gauge, 0.0) + value
+                elif not sample.name.endswith(("_total", "_bucket")):
+                    continue  # _created, _count, _sum
+                elif name == "jobpool_jobs_submitted":
+                    jobs["accepted"] += value
+                elif name == "jobpool_jobs_rejected":
+                    jobs["rejected"] += value
+                elif name == "jobpool_jobs_completed" and labels["state"] in jobs:
+                    jobs[labels["state"]] += value
+                elif name == "jobpool_http_request_duration_seconds":
+                    if not labels["route"].startswith(UNWATCHED_PREFIX):
+                        out.latency[bounds[labels["le"]]] += value
+                elif name == "jobpool_client_requests":
+                    row = out.clients.setdefault(labels["client"], dict.fromkeys(
+                        ("requests", "throttled"), 0.0))  # fmt: skip
+                    row["requests"] += value
+                    if labels["status"] == "429":
+                        row["throttled"] += value
+        out.requests = out.latency[-1]
+        return out
 
     def exposition(self) -> bytes:
         """Prometheus text of every worker (reads the shared files: call off the loop)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 
-__all__ = ["DESCRIPTION", "is_rfc3339", "timestamp"]
+__all__ = ["DESCRIPTION", "SHAPE", "is_rfc3339", "needs_second_look", "timestamp"]
 
 #: The rule above in one sentence, for the OpenAPI document.
 DESCRIPTION = (
@@ -32,6 +32,17 @@ _DATE_TIME = re.compile(
     r"(?:[Zz]|(?P<sign>[+-])(?P<off_hour>[01][0-9]|2[0-3]):(?P<off_minute>[0-5][0-9]))"
 )
 _LAST_MINUTE = 23 * 60 + 59
+#: The shape and ranges as one anchored pattern without groups (JSON Schema's flavour: ^
+#: and $), for a decoder that checks it in C (msgspec, with re.search). A text that fits is
+#: valid unless :func:`needs_second_look`.
+SHAPE = "^" + re.sub(r"\(\?P<[a-z_]+>", "(?:", _DATE_TIME.pattern) + "$"
+
+
+def needs_second_look(text: str) -> bool:
+    """Whether a text of :data:`SHAPE` needs :func:`is_rfc3339` too: a day past the 28th
+    (does it exist in its month?), second 60 (a leap second where one can occur?), or a
+    line break at its end (which Python's ``$`` lets through)."""
+    return text[8:10] > "28" or text[17:19] == "60" or text[-1] == "\n"
 
 
 def is_rfc3339(text: str) -> bool:

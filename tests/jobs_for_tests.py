@@ -192,3 +192,12 @@ def maybe_inline(item: Any, *, seconds: float = 0.0) -> Any:
     if item == "bad":
         raise ValueError("bad item")
     return item
+
+
+@job("test.held_item", pool="io", timeout=60, item_key=str)
+def held_item(item: Any, *, path: str) -> Any:
+    """A batch item: ``"hold"`` runs until the file ``path`` exists, any other ends at once.
+    Keyed (as parcels are), so the batch's counts are written as its chunks end."""
+    while item == "hold" and not os.path.exists(path):
+        time.sleep(0.02)
+    return item

@@ -88,6 +88,17 @@ def broken_rules(importer: str, imported: str) -> str | None:
         and imported not in LAYER_SURFACE
     ):
         return "the API talks to the job layer only, not its stores, pools or rooms"
+    if within(importer, "service.ui") and within(imported, "service.jobs"):
+        # The pages use the job layer as the API does; the fleet's board keeps its snapshots
+        # in the shared store, as the fleet's client limits do; slots names the host.
+        allowed = LAYER_SURFACE | {"service.jobs.store", "service.jobs.redis.store",
+                                   "service.jobs.slots"}  # fmt: skip
+        if imported not in allowed:
+            return "the dashboard talks to the job layer, not its rooms or pools"
+    if within(importer, "service.ui") and within(imported, "service.tasks"):
+        return "the dashboard knows jobs by name, not the tasks' code"
+    if within(importer, "service.client") and not within(imported, "service.client"):
+        return "the client talks to the server over HTTP only, never through its code"
     if within(importer, "service.clients") and (
         within(imported, "service.api") or within(imported, "service.tasks")
     ):
@@ -113,5 +124,7 @@ def test_the_rules_catch_a_wall_crossed() -> None:
     assert broken_rules("service.tasks.parcels", "service.jobs.layer") is not None
     assert broken_rules("service.ids", "service.config") is not None
     assert broken_rules("service.jobs.deliveries", "service.outbound") is not None
+    assert broken_rules("service.ui.pages", "service.jobs.runner") is not None
+    assert broken_rules("service.client.cli", "service.config") is not None
     assert broken_rules("service.api.parcels", "service.jobs.layer") is None
     assert service_imports(MODULES["service.api.parcels"]) >= {"service.jobs.layer"}

@@ -155,3 +155,37 @@ def test_keys_command_prints_a_key_and_its_entry() -> None:
     assert hashed.strip() == entry
     assert main(["new", "not a name"]) == 2
     assert main(["frobnicate"]) == 2
+
+
+def test_an_entry_may_name_the_operator_role() -> None:
+    """``NAME:sha256:HEX:operator`` makes an operator's key; entries without a role stay
+    a client's, and a role other than the two known is refused."""
+    key = new_key()
+    ring = Keyring(env_entries(f"{API_KEYS},{entry_for('ops', key, 'operator')}"))
+    assert entry_for("ops", key, "operator").endswith(":operator")
+    assert ring.identify(f"Bearer {key}").role == "operator"
+    assert ring.identify(f"Bearer {ALICE}").role == "client"
+    assert ring.find(ALICE).client == "alice"
+    found = ring.find(key)
+    assert ring.by_fingerprint(found.fingerprint) == found
+    with pytest.raises(ConfigError):
+        Settings.from_env({"JOBPOOL_API_KEYS": f"{entry_for('x', key)}:admin"})
+
+
+def test_one_key_with_two_roles_is_refused() -> None:
+    """The same key configured as a client's and an operator's is a configuration error."""
+    key = new_key()
+    with pytest.raises(ConfigError, match="two roles"):
+        Keyring(env_entries(f"{entry_for('a', key)},{entry_for('a', key, 'operator')}"))
+
+
+def test_keys_command_makes_an_operator_key() -> None:
+    """python -m service.keys new NAME --role operator prints an operator's entry."""
+    out = subprocess.run(
+        [sys.executable, "-m", "service.keys", "new", "ops", "--role", "operator"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    entry = Keyring(env_entries(lines["entry:"])).identify(f"Bearer {lines['key:']}")
+    assert (entry.client, entry.role) == ("ops", "operator")
+    assert main(["new", "ops", "--role", "root"]) == 2

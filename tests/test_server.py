@@ -79,9 +79,11 @@ def test_full_pool_answers_503_with_retry_after(server_factory: Callable[..., Se
     srv = server_factory(workers=1, env={"JOBPOOL_IO_QUEUE_MAX": "4", "JOBPOOL_IO_THREADS": "2"})
     answers = [srv.post("/test/jobs/test.sleep", json={"seconds": 2}).status for _ in range(6)]
     assert answers == [202, 202, 202, 202, 503, 503]
-    r = srv.post("/v1/parcels", json={"Data": SEED_BATCH["Data"][:2]})
+    r = srv.post("/test/batch/test.slow_item", json={"items": [1, 2]})
     assert r.status == 503
     assert r.headers["Retry-After"] == "1"
+    # Parcels run inline, stored with their job: a full pool does not hold them back.
+    assert srv.post("/v1/parcels", json={"Data": SEED_BATCH["Data"][:2]}).status == 202
     # 9 items never fit a pool of 4: no retry can help, so it is not a 503.
     assert srv.post("/v1/parcels", json=SEED_BATCH).status == 422
     assert srv.get("/healthz").status == 200

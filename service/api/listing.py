@@ -19,7 +19,7 @@ from service.config import Settings
 from service.errors import Invalid
 from service.jobs.document import JobPage
 from service.jobs.layer import JobLayer
-from service.jobs.record import JobQuery
+from service.jobs.record import JobQuery, JobRecord
 from service.jobs.state import JobState
 from service.rfc3339 import timestamp
 
@@ -75,6 +75,15 @@ async def list_page(
     layer: JobLayer, owner: str | None, params: dict[str, str], settings: Settings
 ) -> JobPage:
     """One page of ``owner``'s jobs (None: every client's) by the query ``params``."""
+    records, cursor = await list_records(layer, owner, params, settings)
+    return JobPage(jobs=[r.document() for r in records], next_cursor=cursor)
+
+
+async def list_records(
+    layer: JobLayer, owner: str | None, params: dict[str, str], settings: Settings
+) -> tuple[list[JobRecord], str | None]:
+    """The records of :func:`list_page` (the dashboard shows their owners too), and the
+    cursor of the next page."""
     limit = _number(params.get("limit"), DEFAULT_LIMIT, settings.list_max)
     states = frozenset(_states(params.get("state")))
     id_from = _bound(params, "created_after")
@@ -94,8 +103,7 @@ async def list_page(
     records = await layer.list_jobs(query)
     more = len(records) > limit
     records = records[:limit]
-    cursor = encode_cursor(records[-1].id, digest) if more else None
-    return JobPage(jobs=[r.document() for r in records], next_cursor=cursor)
+    return records, encode_cursor(records[-1].id, digest) if more else None
 
 
 def _states(raw: str | None) -> list[JobState]:

@@ -1,8 +1,9 @@
-"""Middleware: timing and access log, request ids, the worker's life cycle (the owner of a
+"""Middleware: request ids, timing and access log, the worker's life cycle (the owner of a
 request: see security.py)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -26,11 +27,14 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 class Telemetry:
-    """Times each request, counts it in the metrics and writes its access-log line.
+    """Gives each request its id, times it, counts it in the metrics and writes its
+    access-log line.
 
-    Right after :class:`RequestId` (which never refuses a request), so it times every
-    request and its line has the request id, even when a later middleware refuses the
-    request (falcon runs every ``process_response``). With ``metrics_port``
+    The request id is the client's ``X-Request-ID`` (or the ALB's ``X-Amzn-Trace-Id``) when
+    well formed, else a new one, echoed in the answer. First of the middleware (it never
+    refuses a request, but on the metrics listener), so it times every request and its
+    line has the request id, even when a later middleware refuses the request (falcon runs
+    every ``process_response``). With ``metrics_port``
     (``JOBPOOL_METRICS_BIND``) the listener on that port answers ``/metrics`` alone, and
     the API's listener does not answer it.
     """
@@ -45,9 +49,20 @@ class Telemetry:
         self.metrics = metrics
         self.metrics_port = metrics_port
         self.clock = clock
+        # A new request id: this worker's random prefix and a count (unique, and far cheaper
+        # than fresh random bytes per request; it is an id for logs, not a secret).
+        self._prefix = secrets.token_hex(4)
+        self._count = itertools.count(1)
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         req.context.started = self.clock()
+        given = req.get_header("X-Request-ID") or req.get_header("X-Amzn-Trace-Id")
+        if given and REQUEST_ID.fullmatch(given):
+            rid = given
+        else:
+            rid = f"{self._prefix}{next(self._count):08x}"
+        req.context.request_id = rid
+        resp.set_header("X-Request-ID", rid)
         if self.metrics_port is not None:
             server = req.scope.get("server")
             on_metrics_port = server is not None and server[1] == self.metrics_port
@@ -75,6 +90,7 @@ class Telemetry:
             0.0 if started is None else self.clock() - started,
             getattr(req.context, "request_id", None),
             getattr(req.context, "job_id", None),
+            getattr(req.context, "owner", None),  # set once its key was known
         )
 
     def record(
@@ -86,11 +102,14 @@ class Telemetry:
         seconds: float,
         request_id: str | None,
         job_id: str | None = None,
+        client: str | None = None,
     ) -> None:
-        """Count one answer and write its access-log line (``route`` None: no route)."""
+        """Count one answer and write its access-log line (``route`` None: no route;
+        ``client`` None: its key was not known)."""
         route = route or UNMATCHED
         if self.metrics is not None:
-            self.metrics.request(route, method if method in METHODS else "other", status, seconds)
+            method_label = method if method in METHODS else "other"
+            self.metrics.request(route, method_label, status, seconds, client)
         if access_log.isEnabledFor(logging.INFO):
             line = LightRecord(
                 ACCESS_LOGGER, logging.INFO, "%s %s %d", (method, path, status),
@@ -105,16 +124,6 @@ class Telemetry:
                 },
             )  # fmt: skip
             access_log.handle(line)
-
-
-class RequestId:
-    """Take ``X-Request-ID`` (or the ALB's ``X-Amzn-Trace-Id``), or make one; echo it."""
-
-    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        given = req.get_header("X-Request-ID") or req.get_header("X-Amzn-Trace-Id")
-        rid = given if given and REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
-        req.context.request_id = rid
-        resp.set_header("X-Request-ID", rid)
 
 
 class Lifecycle:

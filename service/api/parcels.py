@@ -7,7 +7,7 @@ from functools import partial
 import falcon.asgi
 import msgspec
 
-from service.api.http import decode_struct, read_json, send_json
+from service.api.http import decode_struct, parse_json, read_json, send_json
 from service.api.submitting import (
     answer_submitted,
     callback_url,
@@ -25,8 +25,13 @@ _BATCH = msgspec.json.Decoder(Batch)
 def decode_batch(body: bytes, *, max_items: int) -> list[dict[str, str]]:
     """The items of a batch body, checked: 400 if it is not JSON, else 422 with every
     problem (:func:`parse_batch`) unless it is a batch of at most ``max_items``."""
-    batch = decode_struct(body, _BATCH, partial(parse_batch, max_items=max_items))
-    return batch_items(batch, max_items=max_items)
+    explain = partial(parse_batch, max_items=max_items)
+    batch = decode_struct(body, _BATCH, explain)
+    items = batch_items(batch, max_items=max_items)
+    if items is None:  # a time of the right shape that does not exist: say which
+        explain(parse_json(body))
+        raise AssertionError("the walk found nothing wrong with a batch the decoder refused")
+    return items
 
 
 class ParcelsResource:

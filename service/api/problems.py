@@ -24,6 +24,7 @@ STATUS: dict[type[errors.ServiceError], int] = {
     errors.UnsupportedMediaType: 415,
     errors.UriTooLong: 414,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.TooManyRequests: 429,
     errors.JobNotFound: 404,
     errors.NotFound: 404,

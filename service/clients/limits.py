@@ -16,6 +16,7 @@ callers hold a :class:`ClientLimits`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +70,10 @@ class ClientLimits(Protocol):
 
     def release(self, owner: str) -> None:
         """A counted job of ``owner`` has ended here."""
+
+    def inflight(self, owner: str) -> int | Awaitable[int]:
+        """Jobs of ``owner`` queued or running where the limits hold (the fleet's limits ask
+        Redis: awaitable); counted only while ``JOBPOOL_CLIENT_MAX_INFLIGHT`` is on."""
 
 
 def for_store(settings: Settings, store: Store) -> ClientLimits:

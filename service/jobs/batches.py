@@ -221,32 +221,50 @@ class Batch:
         return BatchProgress(self.done, self.failed, keyed)
 
     def end(self) -> JobEnd:
-        total = self.done + self.failed
-        failures = sorted(self.failures, key=lambda f: int(f["index"]))
-        result = {"total": total, "done": self.done, "failed": self.failed, "failures": failures}
         if self.halted:
+            result = outcome(self.done, self.failed, self.failures)[1]
             result["skipped"] = self.skipped
             return JobEnd(
                 self.record, JobState.CANCELLED, result, None, self._final_progress(), "stopped"
             )
-        if not failures:
-            return JobEnd(self.record, JobState.SUCCEEDED, result, None, self._final_progress())
-        error = f"{self.failed} of {total} items failed; first: {failures[0]['error']}"
-        return JobEnd(self.record, JobState.FAILED, result, error, self._final_progress())
+        state, result, error = outcome(self.done, self.failed, self.failures)
+        return JobEnd(self.record, state, result, error, self._final_progress())
 
 
-def run_inline(spec: JobSpec, record: JobRecord, ended_at: float) -> JobEnd:
-    """Run a batch's items here and now (its job declares them cheap: ``inline_when``),
-    each on its own as on a thread; its end, for a store to write as the job's first."""
-    assert record.items is not None
-    batch = Batch(spec, record, None, lambda _batch: None)
-    values, failed, _ = run_chunk(
-        spec.fn, [(record.items, 0, len(record.items), record.args, batch)]
+def outcome(
+    done: int, failed: int, failures: list[dict[str, Any]]
+) -> tuple[JobState, dict[str, Any], str | None]:
+    """A batch's end from its counts: its state, its result, its error (the first failure)."""
+    failures = sorted(failures, key=lambda f: int(f["index"]))
+    result = {"total": done + failed, "done": done, "failed": failed, "failures": failures}
+    if not failures:
+        return JobState.SUCCEEDED, result, None
+    return (
+        JobState.FAILED,
+        result,
+        (f"{failed} of {done + failed} items failed; first: {failures[0]['error']}"),
     )
-    batch.count(0, len(record.items), values, failed)
-    batch.left = 0
-    batch.ended_at = ended_at
-    return batch.end()
+
+
+def run_inline(
+    spec: JobSpec, items: list[Any], options: dict[str, Any]
+) -> tuple[BatchProgress, list[dict[str, Any]]]:
+    """Run a batch's items here and now (its job declares them cheap: ``inline_when``),
+    each on its own as on a thread: their counts and keyed results, and their failures
+    (for :func:`outcome`)."""
+    fn, key_of = spec.fn, spec.item_key
+    keyed: list[tuple[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            value = fn(item, **options)
+        except Exception as ex:  # an item's failure is its own
+            key = key_of(item) if key_of is not None else None
+            failures.append({"index": index, "key": key, "error": describe(ex)})
+            continue
+        if key_of is not None:  # a result that is its item is kept as a reference
+            keyed.append((key_of(item), item_ref(index) if value is item else value))
+    return BatchProgress(len(items) - len(failures), len(failures), keyed), failures
 
 
 class _Chunk:

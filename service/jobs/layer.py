@@ -28,6 +28,7 @@ from typing import Any
 
 from service import tracing
 from service.errors import (
+    Conflict,
     Invalid,
     KeyReused,
     Overloaded,
@@ -38,7 +39,7 @@ from service.errors import (
 )
 from service.ids import new_id
 from service.jobs import events as ev
-from service.jobs.batches import Batch, BatchRunner, run_inline
+from service.jobs.batches import Batch, BatchRunner, outcome, run_inline
 from service.jobs.cpu_pool import CpuPool
 from service.jobs.deliveries import CallbackPolicy, Deliveries
 from service.jobs.fanout import Outcome, fan_out
@@ -401,32 +402,30 @@ class JobLayer:
         except TooManyTasks:
             self.events.rejected(spec.name, ev.TOO_LARGE)
             raise
+        with tracing.run_here(spec.name):  # it runs within its request
+            progress, failures = run_inline(spec, items, args)
+        state, result, error = outcome(progress.done, progress.failed, failures)
         now = self.clock()
         record = JobRecord(
             id=self.new_id(),
             name=spec.name,
             owner=owner,
-            state=JobState.RUNNING,
+            state=state,
             created_at=now,
             started_at=now,
+            finished_at=now,
             attempts=1,
             args=args,
             items=items,
+            error=error,
+            result=result,
+            done=progress.done,
+            failed=progress.failed,
             callback=callback,
             traceparent=tracing.current_traceparent(),
         )
-        with tracing.run_here(spec.name):  # it runs within its request
-            end = run_inline(spec, record, now)
-        record = record.replace(
-            state=end.state,
-            finished_at=now,
-            error=end.error,
-            result=end.result,
-            done=end.progress.done if end.progress else 0,
-            failed=end.progress.failed if end.progress else 0,
-        )
         try:
-            await self.store.add(record, key=key, items=end.progress)
+            await self.store.add(record, key=key, items=progress)
         except BaseException as ex:
             self._refused(spec.name, ex)
             raise
@@ -469,6 +468,23 @@ class JobLayer:
         self.events.scheduled(spec.name)
         self.queue.schedule(spec.pool, record)
         return record
+
+    async def rerun(self, job_id: str) -> JobRecord | None:
+        """A new job with the name, arguments (and a batch's items) of the finished job
+        ``job_id``, for the same owner (None: no such job). Raises :class:`Conflict` when it
+        has not finished, or its arguments are no longer kept."""
+        before = await self.store.get(job_id)
+        if before is None:
+            return None
+        if not is_final(before.state):
+            raise Conflict(f"job {job_id} is {before.state.value}; only a finished job runs again")
+        args = await self.store.arguments(job_id)
+        if args is None or before.name not in self.registry:
+            raise Conflict(f"job {job_id}: its arguments are no longer kept; submit it again")
+        if before.items is not None:
+            return await self.submit_batch(before.name, before.items, owner=before.owner,
+                                           options=args)  # fmt: skip
+        return await self.submit(before.name, args, owner=before.owner)
 
     def _retried(self, record: JobRecord) -> None:
         """A failed attempt will run again: the job waits for its time."""

@@ -143,6 +143,11 @@ class Store(Protocol):
     async def get(self, job_id: str) -> JobRecord | None:
         """The job as the API shows it: everything but its arguments (left empty)."""
 
+    async def arguments(self, job_id: str) -> dict[str, Any] | None:
+        """The arguments a job was submitted with (a batch's options), to submit it again;
+        None if the job is unknown or they are no longer kept (SQLite drops arguments kept
+        in files, over 8 KiB, when their job ends)."""
+
     async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
         """The jobs ``query`` wants, newest first, without arguments or results; an index
         walk, never a scan of every job."""

@@ -582,6 +582,13 @@ class RedisStore:
         fields = zip(RECORD_FIELDS, values, strict=True)
         return _record(job_id, {f: v for f, v in fields if v is not None})
 
+    async def arguments(self, job_id: str) -> dict[str, Any] | None:
+        blob = await self._call("HGET", PREFIX + "job:" + job_id, "args")
+        if blob is None:
+            return None
+        args: dict[str, Any] = pickle.loads(blob)
+        return args
+
     async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
         lo = "-" if query.id_from is None else "[" + query.id_from
         hi = "+" if query.id_below is None else "(" + query.id_below

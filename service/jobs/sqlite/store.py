@@ -362,6 +362,21 @@ class SqliteStore:
                 return lost.replace(state=JobState.FAILED, error=str(ex))
         return None
 
+    async def arguments(self, job_id: str) -> dict[str, Any] | None:
+        for _, conn in self._reads().search_order():
+            found = conn.execute("SELECT args FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if found is None:
+                continue
+            blob = found[0]
+            if blob == APART:
+                try:
+                    blob = await asyncio.to_thread(self.files.get, job_id, "args")
+                except PayloadMissing:
+                    return None  # dropped when the job ended
+            args: dict[str, Any] = pickle.loads(blob)
+            return args
+        return None
+
     async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
         states = sorted(s.value for s in query.states)
         if len(states) > 1 and JobState.SUCCEEDED.value not in states:
