@@ -202,6 +202,15 @@ def print_table(args: argparse.Namespace, results: dict[str, list[Result]]) -> N
         print(f"+: tasks were still queued {args.drain_s:.0f} s after the load; CPU undercounted")
 
 
+#: jobpool runs as in production (its access log on, at its default level) but for its
+#: client limits: one benchmark client is one client (``--jobpool-env`` sets them back).
+JOBPOOL_DEFAULTS = {
+    "JOBPOOL_LOG_LEVEL": "info",
+    "JOBPOOL_CLIENT_RATE": "0",
+    "JOBPOOL_CLIENT_MAX_INFLIGHT": "0",
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--duration", type=int, default=10, help="seconds of load per server")
@@ -250,6 +259,7 @@ def main() -> None:
             for c in args.rows if r % 2 == 0 else reversed(args.rows):
                 env = server_env(tmp / f"{c.name}-{r}", bench.env, root=c.root)
                 if c.jobpool:
+                    env.update(JOBPOOL_DEFAULTS)
                     env.update(kv.split("=", 1) for kv in args.jobpool_env)
                 # A free port each time: other benchmarks may run on this host too.
                 port = args.port or free_port()

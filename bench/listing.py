@@ -134,7 +134,7 @@ def main() -> None:
 
         indexed = measure()
         conn = sqlite3.connect(directory / "jobs-0.db")
-        for index in ("jobs_by_owner", "jobs_by_owner_name", "jobs_unsucceeded"):
+        for index in ("jobs_by_owner", "jobs_unsucceeded"):
             conn.execute(f"DROP INDEX {index}")
         conn.commit()
         conn.close()

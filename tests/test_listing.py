@@ -123,7 +123,7 @@ async def test_a_cursor_only_serves_the_filters_it_was_made_for(
         ({"owner": True, "states": 1, "succeeded": False, "name": False}, "jobs_unsucceeded"),
         ({"owner": True, "states": 1, "succeeded": False, "name": True}, "jobs_unsucceeded"),
         ({"owner": True, "states": 1, "succeeded": True, "name": False}, "jobs_by_owner"),
-        ({"owner": True, "states": 0, "succeeded": False, "name": True}, "jobs_by_owner_name"),
+        ({"owner": True, "states": 0, "succeeded": False, "name": True}, "jobs_by_owner"),
     ],
 )
 def test_each_listing_walks_an_index(tmp_path: Path, filters: dict[str, Any], index: str) -> None:

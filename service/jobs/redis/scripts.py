@@ -66,9 +66,9 @@ local function field(job, name)
 end
 
 -- The listing indexes (GET /v1/jobs): sorted sets whose members are job ids, all scored 0,
--- so they sort by id (time-ordered): every job, each owner's jobs, each owner's jobs of a
--- name, and each owner's jobs in a state other than succeeded (as the SQLite store's
--- partial index: a job that ends well leaves it, and nearly all do).
+-- so they sort by id (time-ordered): every job, each owner's jobs, and each owner's jobs in
+-- a state other than succeeded (as the SQLite store's partial index: a job that ends well
+-- leaves it, and nearly all do). A job name filters the owner's walk (a handful of names).
 local function owner_key(owner)
   return P .. 'owner:' .. #owner .. ':' .. owner
 end
@@ -97,12 +97,10 @@ end
 
 -- A new job (its owner, name and state set) enters the indexes.
 local function index_new(job, id)
-  local h = redis.call('HMGET', job, 'owner', 'name', 'state')
-  local key = owner_key(h[1])
+  local h = redis.call('HMGET', job, 'owner', 'state')
   redis.call('ZADD', P .. 'jobs', 0, id)
-  redis.call('ZADD', key, 0, id)
-  redis.call('ZADD', key .. ':name:' .. #h[2] .. ':' .. h[2], 0, id)
-  index_state(h[1], h[3], id)
+  redis.call('ZADD', owner_key(h[1]), 0, id)
+  index_state(h[1], h[2], id)
 end
 
 local function ensure_group(stream)
@@ -505,12 +503,10 @@ local cutoff, limit = ARGV[2], tonumber(ARGV[3])
 local ids = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', '(' .. cutoff, 'LIMIT', 0, limit)
 for _, id in ipairs(ids) do
   local job = P .. 'job:' .. id
-  local h = redis.call('HMGET', job, 'owner', 'name', 'state')
+  local h = redis.call('HMGET', job, 'owner', 'state')
   if h[1] then
-    local key = owner_key(h[1])
-    redis.call('ZREM', key, id)
-    redis.call('ZREM', key .. ':name:' .. #h[2] .. ':' .. h[2], id)
-    unindex_state(h[1], h[3], id)
+    redis.call('ZREM', owner_key(h[1]), id)
+    unindex_state(h[1], h[2], id)
   end
   redis.call('ZREM', P .. 'jobs', id)
   redis.call('ZREM', DELIVERIES, id)

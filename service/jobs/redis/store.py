@@ -600,9 +600,6 @@ class RedisStore:
             # Each state its own index: nothing to skip but other names.
             owner = _owner_key(query.owner)
             searches = [(f"{owner}:state:{state}", "") for state in states]
-        elif name:
-            owner = _owner_key(query.owner)
-            searches = [(f"{owner}:name:{len(name.encode())}:{name}", ",".join(states))]
         else:
             searches = [(_owner_key(query.owner), ",".join(states))]
         found = await asyncio.gather(*(
