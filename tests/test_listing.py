@@ -90,7 +90,7 @@ async def test_listing_filters_by_state_name_and_time(
 @pytest.mark.parametrize(
     "query",
     ["state=done", "limit=0", "limit=201", "limit=x", "created_after=yesterday", "cursor=abc",
-     "colour=red", "state=failed&state=queued"],
+     "colour=red", "state=failed&state=queued", "state=", "job="],
 )  # fmt: skip
 async def test_bad_listing_queries_are_422(client: testing.ASGIConductor, query: str) -> None:
     """An unknown state, a limit out of 1..JOBPOOL_LIST_MAX, a time that is not RFC 3339,

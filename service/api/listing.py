@@ -96,7 +96,7 @@ async def list_records(
         owner=owner,
         limit=limit + 1,  # one more: whether a next page exists
         states=states,
-        name=params.get("job") or None,
+        name=_name(params.get("job")),
         id_from=id_from,
         id_below=id_below,
     )
@@ -107,13 +107,19 @@ async def list_records(
 
 
 def _states(raw: str | None) -> list[JobState]:
-    if not raw:
+    if raw is None:
         return []
     try:
         return [JobState(part.strip()) for part in raw.split(",")]
     except ValueError:
         names = ", ".join(s.value for s in JobState)
         raise Invalid(f'"state" takes {names} (several comma-separated), not {raw!r}') from None
+
+
+def _name(raw: str | None) -> str | None:
+    if raw == "":
+        raise Invalid('"job" names a job: it cannot be empty')
+    return raw
 
 
 def _bound(params: dict[str, str], name: str) -> str | None:

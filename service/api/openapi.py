@@ -22,6 +22,7 @@ from service.api.problems import Problem
 from service.api.search import BLANK_FREE_PATTERN
 from service.api.search_answer import SearchAnswer
 from service.api.security import OPEN_PATHS
+from service.api.submitting import KEY_PATTERN
 from service.config import Settings
 from service.jobs.document import JobDocument, JobPage, Submitted
 from service.jobs.state import JobState
@@ -215,9 +216,14 @@ def _submit_headers(settings: Settings, what: str) -> list[dict[str, Any]]:
             "the job the first made (``Idempotent-Replayed: true``), never a second job; with "
             "another request it is 422, while the first is still being accepted 409. Kept "
             f"{settings.idempotency_ttl_s} s (JOBPOOL_IDEMPOTENCY_TTL_S). A Structured Fields "
-            f"string (or bare), 1 to {settings.idempotency_key_max} printable ASCII characters "
-            "(JOBPOOL_IDEMPOTENCY_KEY_MAX); else 400.",
-            "schema": {"type": "string", "minLength": 1},
+            f"string (or bare), of printable ASCII, at most {settings.idempotency_key_max} "
+            "characters as sent, quotes included (JOBPOOL_IDEMPOTENCY_KEY_MAX); else 400.",
+            "schema": {
+                "type": "string",
+                "pattern": KEY_PATTERN,
+                "minLength": 1,
+                "maxLength": settings.idempotency_key_max,
+            },
             "example": '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
         },
         {

@@ -49,9 +49,14 @@ NOT_BEFORE_HEADER = "Job-Not-Before"
 KEY_HEADER = "Idempotency-Key"
 CALLBACK_HEADER = "Job-Callback"
 #: A key sent bare: visible ASCII without quotes, backslashes or spaces.
-_BARE_KEY = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-#: The inside of a Structured Fields string (RFC 8941): printable ASCII, \" and \\ escaped.
-_SF_STRING = re.compile(r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*')
+_BARE = r"[\x21\x23-\x5b\x5d-\x7e]"
+#: A character inside a Structured Fields string (RFC 8941): printable ASCII, \" and \\
+#: escaped.
+_SF_CHAR = r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])'
+_BARE_KEY = re.compile(f"{_BARE}+")
+_SF_STRING = re.compile(f"{_SF_CHAR}*")
+#: The whole header, for the OpenAPI document (its length is checked apart).
+KEY_PATTERN = f'^(?:"{_SF_CHAR}+"|{_BARE}+)$'
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +134,10 @@ def idempotency_key(
         raise BadRequest(
             f"{KEY_HEADER} must be a string of printable ASCII, quoted (RFC 8941) or bare"
         )
-    if not key or len(key) > settings.idempotency_key_max:
+    if not key or len(text) > settings.idempotency_key_max:
         raise BadRequest(
-            f"{KEY_HEADER} must have 1 to {settings.idempotency_key_max} characters"
-            " (JOBPOOL_IDEMPOTENCY_KEY_MAX)"
+            f"{KEY_HEADER} must have 1 to {settings.idempotency_key_max} characters, quotes"
+            " included (JOBPOOL_IDEMPOTENCY_KEY_MAX)"
         )
     shaping = [
         req.method,
