@@ -27,6 +27,7 @@ LEAVES = {
     "service.logs",
     "service.signals",
     "service.tracing",
+    "service.hostfiles",
 }
 
 

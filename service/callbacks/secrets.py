@@ -3,9 +3,10 @@
 One line per client, ``CLIENT whsec_… [whsec_…]`` (``#`` starts a comment): callbacks of the
 client's jobs are signed with each of its secrets (:mod:`.signing`). A secret is rotated by
 adding the new one beside the old (receivers then accept either), moving receivers to the
-new one, and removing the old. The file is read again within ``FILE_CHECK_S`` of a change,
-so no restart is needed; a file that cannot be read or parsed then keeps the secrets as
-they were (logged). At start-up it must be readable: the service does not start otherwise.
+new one, and removing the old. The file is read again within 2 s of a change
+(:class:`~service.hostfiles.WatchedFile`), so no restart is needed; a file that cannot be
+read or parsed then keeps the secrets as they were (logged). At start-up it must be
+readable: the service does not start otherwise.
 
     python -m service.callbacks.secrets new CLIENT   # a line with a new secret
 
@@ -16,21 +17,18 @@ mode 0600, as the keys file does.
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from service.callbacks.signing import decode_secret, new_secret
 from service.errors import ConfigError
+from service.hostfiles import WatchedFile
 from service.keys import CLIENT
 
 log = logging.getLogger(__name__)
 
-#: Seconds between looks at the file for changes (one ``stat``).
-FILE_CHECK_S = 2.0
 #: Secrets one client may have at once: the one in use, and the next (a rotation).
 MAX_PER_CLIENT = 2
 SETTING = "JOBPOOL_CALLBACK_SECRETS_FILE"
@@ -58,60 +56,35 @@ def parse(text: str, *, source: str) -> dict[str, tuple[bytes, ...]]:
     return found
 
 
+def _read(path: Path) -> dict[str, tuple[bytes, ...]]:
+    return parse(path.read_text(), source=str(path))
+
+
 class CallbackSecrets:
     """The secrets of the file (none without one), by client; safe from any thread."""
 
     def __init__(
         self, file: Path | None = None, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._file = file
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._next_check = clock() + FILE_CHECK_S
-        self._stamp: tuple[int, int, int] | None = None
-        self._by_client: dict[str, tuple[bytes, ...]] = {}
+        self._file: WatchedFile[dict[str, tuple[bytes, ...]]] | None = None
         if file is not None:
             try:
-                self._stamp = _stamp(file)  # before reading: a later change is seen
-                self._by_client = parse(file.read_text(), source=str(file))
+                self._file = WatchedFile(
+                    file,
+                    _read,
+                    name=SETTING,
+                    kept="secrets",
+                    summary=lambda by_client: f"{len(by_client)} clients",
+                    errors=(UnicodeDecodeError, ValueError),
+                    clock=clock,
+                    logger=log,
+                )
             except (OSError, UnicodeDecodeError, ValueError) as ex:
                 raise ConfigError(f"{SETTING}: {ex}") from None
 
     def of(self, client: str) -> tuple[bytes, ...]:
         """The keys ``client``'s callbacks are signed with (none: it has no secret)."""
-        self._maybe_reload()
-        return self._by_client.get(client, ())
-
-    def _maybe_reload(self) -> None:
-        if self._file is None or self._clock() < self._next_check:
-            return
-        with self._lock:
-            if self._clock() < self._next_check:
-                return
-            self._next_check = self._clock() + FILE_CHECK_S
-            self.reload()
-
-    def reload(self) -> bool:
-        """Read the file again if it changed; keep the old secrets if it cannot be read."""
-        if self._file is None:
-            return False
-        try:
-            stamp = _stamp(self._file)
-            if stamp == self._stamp:
-                return False
-            by_client = parse(self._file.read_text(), source=str(self._file))
-        except (OSError, UnicodeDecodeError, ValueError) as ex:
-            log.error("%s not reloaded, the previous secrets stay: %s", SETTING, ex)
-            self._stamp = None  # try again at the next check
-            return False
-        self._stamp, self._by_client = stamp, by_client
-        log.info("callback secrets reloaded: %d clients", len(by_client))
-        return True
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return () if self._file is None else self._file.current().get(client, ())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
