@@ -10,10 +10,14 @@ One ``JobLayer`` per gunicorn worker, a thin facade over its rooms:
   this worker's lane (SQLite), or in a queue the fleet shares (Redis) — chosen once;
 - :mod:`~service.jobs.runner` and :mod:`~service.jobs.batches`: running jobs and batches;
 - :mod:`~service.jobs.janitor`: what a worker does now and then;
+- :mod:`~service.jobs.deliveries`: the completion callbacks of the store's outbox;
+- :mod:`~service.jobs.fanout`: calls answered within one request, stored nowhere (search);
 - the store (:mod:`~service.jobs.store`) and the pools.
 
 A job is stored before it is acknowledged. When a place is free at that moment it is stored
-already running (one write, not two); otherwise it is stored queued and waits its turn.
+already running (one write, not two); otherwise it is stored queued and waits its turn. A
+batch whose items are cheap (its declaration's ``inline_when``) runs on the loop as it is
+accepted and is stored already ended; one that may start only later is stored scheduled.
 """
 
 from __future__ import annotations

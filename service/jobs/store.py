@@ -158,8 +158,9 @@ class Store(Protocol):
     async def unfinished(self) -> list[JobRecord]:
         """Jobs of this worker's part that are queued or running (to run after a restart).
 
-        Running ones were cut off by a crash: they come back queued, with error INTERRUPTED.
-        A shared queue puts them back in the queue instead and returns none.
+        Running ones were cut off by a crash: they come back queued, marked ``interrupted``
+        (their ``interruptions`` counted; :data:`INTERRUPTED` as their error). A shared queue
+        puts them back in the queue instead and returns none.
         """
 
     async def adopt_orphans(self) -> list[JobRecord]:
