@@ -1,4 +1,5 @@
-"""The io pool: one ThreadPoolExecutor per gunicorn worker, for jobs that mostly wait."""
+"""The io pool: one ThreadPoolExecutor per gunicorn worker, for jobs that mostly wait (and a
+small one of reserved threads, for the callbacks' POSTs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The job record: one row of the store, and its public document."""
+"""The job record: one row of the store; :meth:`JobRecord.document` fills its public
+document (:mod:`service.jobs.document`)."""
 
 from __future__ import annotations
 
