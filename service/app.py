@@ -13,6 +13,7 @@ import falcon.asgi
 
 from service import signals, ui
 from service.api import problems, security
+from service.api.callbacks import CallbackResource
 from service.api.fetch import FetchResource
 from service.api.health import Healthz, Readyz
 from service.api.images import ImagesResource
@@ -23,10 +24,13 @@ from service.api.middleware import Lifecycle, Telemetry
 from service.api.openapi import OpenApiResource, document
 from service.api.parcels import ParcelResource, ParcelsResource
 from service.api.search import SearchResource
+from service.callbacks.secrets import CallbackSecrets
+from service.callbacks.sender import CallbackSender
 from service.clients.limits import for_store
 from service.config import Settings, port_of
 from service.errors import ShuttingDown
 from service.jobs.cpu_pool import CpuPool
+from service.jobs.deliveries import CallbackPolicy
 from service.jobs.io_pool import IoPool
 from service.jobs.layer import JobLayer
 from service.jobs.redis.store import RedisStore
@@ -82,6 +86,25 @@ def make_store(settings: Settings, jobs: Registry) -> Store:
     )
 
 
+def callback_policy(settings: Settings) -> CallbackPolicy:
+    """How this worker sends completion callbacks (the JOBPOOL_CALLBACK_* settings)."""
+    s = settings
+    timeout_s = s.callback_timeout_ms / 1000
+    sender = CallbackSender(
+        CallbackSecrets(s.callback_secrets_file),
+        timeout_s=timeout_s,
+        allow_private=s.callback_allow_private,
+        url_max=s.callback_url_max,
+    )
+    return CallbackPolicy(
+        sender=sender,
+        concurrency=s.callback_concurrency,
+        horizon_s=s.callback_horizon_s,
+        retry_max_s=s.callback_retry_max_s,
+        timeout_s=timeout_s,
+    )
+
+
 class Service:
     """What one gunicorn worker runs: the job layer, its store and pools."""
 
@@ -95,7 +118,7 @@ class Service:
         self.layer = JobLayer(
             registry=registry,
             store=store,
-            io_pool=IoPool(s.io_threads),
+            io_pool=IoPool(s.io_threads, reserved=s.callback_concurrency),
             cpu_pool_factory=self._cpu_pool,
             io_queue_max=s.io_queue_max,
             cpu_queue_max=s.cpu_queue_max,
@@ -108,6 +131,7 @@ class Service:
             # Once the store holds the worker's slot, before unfinished jobs are resumed
             # (and counted): the limits count in that slot from then on.
             slot_claimed=self.limits.open,
+            callbacks=callback_policy(s),
         )
         if self.metrics is not None:
             self.metrics.watch(self.layer.pool_stats)
@@ -221,6 +245,7 @@ def create_app(
     app.add_route("/v1/jobs", JobsResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}", JobResource(layer, settings))
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(layer))
+    app.add_route("/v1/jobs/{job_id}/callback", CallbackResource(layer))
     if service.metrics is not None:
         app.add_route("/metrics", MetricsResource(service.metrics))
     app.add_route("/openapi.json", OpenApiResource(document(settings)))

@@ -332,6 +332,33 @@ class Settings:
     search_query_max: int = _setting(
         "SEARCH_QUERY_MAX", 256, _int(1, 8192), "search: characters of q"
     )
+    # -- completion callbacks (Job-Callback), signed per Standard Webhooks ----------------
+    callback_secrets_file: Path | None = _setting(
+        "CALLBACK_SECRETS_FILE", None, _optional_path,
+        "file of each client's signing secrets: CLIENT whsec_... [whsec_...], one a line",
+    )  # fmt: skip
+    callback_horizon_s: int = _setting(
+        "CALLBACK_HORIZON_S", 21_600, _int(1),
+        "a callback not delivered this long after its job ended is given up (kept, re-sendable)",
+    )  # fmt: skip
+    callback_retry_max_s: int = _setting(
+        "CALLBACK_RETRY_MAX_S", 600, _int(1, 86_400), "longest wait between two callback attempts"
+    )
+    callback_timeout_ms: int = _setting(
+        "CALLBACK_TIMEOUT_MS", 10_000, _int(1, 600_000),
+        "one callback POST: connecting, and waiting for the answer's status",
+    )  # fmt: skip
+    callback_concurrency: int = _setting(
+        "CALLBACK_CONCURRENCY", 4, _int(1, 256),
+        "callback POSTs at once per worker, on io threads of their own (jobs keep theirs)",
+    )  # fmt: skip
+    callback_url_max: int = _setting(
+        "CALLBACK_URL_MAX", 2048, _int(16, 8192), "characters of a Job-Callback URL"
+    )
+    callback_allow_private: bool = _setting(
+        "CALLBACK_ALLOW_PRIVATE", False, _bool,
+        "callbacks: lift the SSRF guard (tests, private deployments)",
+    )  # fmt: skip
     # -- security: API keys, per-client limits (host- or fleet-wide), request limits ---
     auth: bool = _setting(
         "AUTH", True, _bool, "require an API key (not on health checks and /openapi.json)"

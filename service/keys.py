@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from service.errors import ConfigError, Unauthorized
+from service.hostfiles import WatchedFile
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -49,8 +49,6 @@ KEY_BYTES = 32
 #: Longest token looked at; anything longer is malformed without being hashed.
 TOKEN_MAX = 512
 ALGORITHM = "sha256"
-#: Seconds between looks at the keys file for changes (one ``stat``).
-FILE_CHECK_S = 2.0
 #: Bytes of a hash that pick its entry; the whole hash is then compared in constant time.
 LOOKUP_BYTES = 16
 
@@ -164,19 +162,28 @@ class Keyring:
         file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._env = tuple(entries)
-        self._file = file
-        self._clock = clock
-        self._file_entries: tuple[KeyEntry, ...] = ()
-        self._file_stamp: tuple[int, int, int] | None = None
-        self._next_check = 0.0
+        env = tuple(entries)
+        self._by_env = _index(env)
+        #: The keys of the environment and of the file, by hash (read again when it changes).
+        self._file: WatchedFile[dict[bytes, KeyEntry]] | None = None
         if file is not None:
             try:
-                self._file_stamp = _stamp(file)  # before reading: a later change is seen
+                self._file = WatchedFile(
+                    file,
+                    lambda path: _index(env + read_file(path)),
+                    name="API keys file",
+                    kept="keys",
+                    summary=_summary,
+                    errors=(ConfigError,),
+                    clock=clock,
+                    logger=log,
+                )
             except OSError as ex:
                 raise ConfigError(f"JOBPOOL_API_KEYS_FILE: cannot read {file}: {ex}") from None
-            self._file_entries = read_file(file)
-        self._by_digest = _index(self._env + self._file_entries)
+
+    @property
+    def _by_digest(self) -> dict[bytes, KeyEntry]:
+        return self._by_env if self._file is None else self._file.current()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keyring | None:
@@ -227,7 +234,6 @@ class Keyring:
 
     def find(self, key: str) -> KeyEntry:
         """The entry of ``key`` itself (a login form's), else :class:`Unauthorized`."""
-        self._maybe_reload()
         if not key or len(key) > TOKEN_MAX:
             raise Unauthorized("the API key is not valid", error="invalid_token")
         presented = digest(key)
@@ -239,44 +245,12 @@ class Keyring:
     def by_fingerprint(self, fingerprint: bytes) -> KeyEntry | None:
         """The entry whose :attr:`KeyEntry.fingerprint` this is, while it is configured (a
         dashboard session ends when its key is removed)."""
-        self._maybe_reload()
         return self._by_digest.get(fingerprint)
 
-    # -- the keys file, read again when it changes ----------------------------------
 
-    def _maybe_reload(self) -> None:
-        if self._file is None:
-            return
-        now = self._clock()
-        if now < self._next_check:
-            return
-        self._next_check = now + FILE_CHECK_S
-        self.reload()
-
-    def reload(self) -> bool:
-        """Read the keys file again if it changed; keep the old keys if it is unreadable."""
-        if self._file is None:
-            return False
-        try:
-            stamp = _stamp(self._file)
-            if stamp == self._file_stamp:
-                return False
-            entries = read_file(self._file)
-            by_digest = _index(self._env + entries)
-        except (OSError, ConfigError) as ex:
-            detail = ex.detail if isinstance(ex, ConfigError) else str(ex)
-            log.error("API keys file not reloaded, the previous keys stay: %s", detail)
-            self._file_stamp = None  # try again at the next check
-            return False
-        self._file_stamp, self._file_entries, self._by_digest = stamp, entries, by_digest
-        clients = {e.client for e in by_digest.values()}
-        log.info("API keys file reloaded: %d keys of %d clients", len(by_digest), len(clients))
-        return True
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+def _summary(by_digest: dict[bytes, KeyEntry]) -> str:
+    clients = {e.client for e in by_digest.values()}
+    return f"{len(by_digest)} keys of {len(clients)} clients"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

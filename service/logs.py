@@ -10,9 +10,8 @@ stdout, everything else to stderr.
 
 Nothing that looks like a secret reaches a line: ``Bearer`` tokens,
 ``key=value`` pairs whose key names a secret (``authorization``, ``api_key``, ``token``,
-``password``...), the password of a URL, and any literal registered with
-:meth:`Redactor.add_literals` (e.g. the service's API keys) are replaced by ``[REDACTED]``
-in the serialised line, whatever field they are in.
+``password``...) and the password of a URL are replaced by ``[REDACTED]`` in the serialised
+line, whatever field they are in.
 """
 
 from __future__ import annotations
@@ -22,9 +21,7 @@ import logging
 import logging.config
 import os
 import re
-import threading
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -67,19 +64,8 @@ class Redactor:
 
     def __init__(self) -> None:
         self._patterns = re.compile(f"{_SCHEME}|{_PAIR}|{_USERINFO}", re.IGNORECASE)
-        self._literals: tuple[str, ...] = ()
-        self._lock = threading.Lock()
-
-    def add_literals(self, secrets: Iterable[str]) -> None:
-        """Also scrub these exact strings (API keys, passwords read from files)."""
-        with self._lock:
-            known = set(self._literals) | {s for s in secrets if len(s) >= 4}
-            self._literals = tuple(sorted(known, key=len, reverse=True))
 
     def __call__(self, text: str) -> str:
-        for secret in self._literals:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
         lowered = text.lower()
         for trigger in _TRIGGERS:
             if trigger in lowered:

@@ -26,6 +26,9 @@ jobpool_jobs_submitted_total               counter   job, pool
 jobpool_jobs_rejected_total                counter   job, reason
 jobpool_jobs_completed_total               counter   job, state
 jobpool_client_requests_total              counter   client, status
+jobpool_jobs_retried_total                 counter   job
+jobpool_jobs_delayed_total                 counter   job
+jobpool_jobs_cancelled_total               counter   job, how
 jobpool_job_run_seconds                    histogram job
 jobpool_job_queue_wait_seconds             histogram job
 jobpool_pool_queued_jobs                   gauge     pool
@@ -34,6 +37,7 @@ jobpool_pool_busy_slots                    gauge     pool
 jobpool_pool_slots                         gauge     pool
 jobpool_pool_admitted_tasks                gauge     pool
 jobpool_pool_admission_limit               gauge     pool
+jobpool_pool_scheduled_jobs                gauge     pool
 jobpool_workers                            gauge     (none)
 ========================================== ========= ===================================
 

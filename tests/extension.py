@@ -14,7 +14,12 @@ import falcon
 import falcon.asgi
 
 from service.api.http import read_json
-from service.api.submitting import answer_submitted, idempotency_key, requested_start
+from service.api.submitting import (
+    answer_submitted,
+    callback_url,
+    idempotency_key,
+    requested_start,
+)
 from service.config import Settings
 from service.jobs.layer import JobLayer
 from tests import jobs_for_tests  # noqa: F401 - registers the test jobs
@@ -49,8 +54,9 @@ class AnyTestJob:
         start = requested_start(req, horizon_s=self.settings.schedule_max_s)
         key = idempotency_key(req, self.settings, name, args)
         record = await self.layer.submit(
-            name, args, owner=req.context.owner, not_before=start, key=key
-        )
+            name, args, owner=req.context.owner, not_before=start, key=key,
+            callback=callback_url(req, self.settings),
+        )  # fmt: skip
         await answer_submitted(self.layer, req, resp, record, self.settings)
 
 
@@ -70,7 +76,7 @@ class AnyTestBatch:
         start = requested_start(req, horizon_s=self.settings.schedule_max_s)
         record = await self.layer.submit_batch(
             name, body["items"], owner=req.context.owner, options=body.get("options"),
-            not_before=start,
+            not_before=start, callback=callback_url(req, self.settings),
         )  # fmt: skip
         await answer_submitted(self.layer, req, resp, record, self.settings)
 

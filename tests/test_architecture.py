@@ -1,8 +1,10 @@
-"""The rooms of service/ import only what docs/architecture.md says they may (read with ast)."""
+"""The rooms of service/ import only what docs/architecture.md says they may (read with ast),
+and that document names only paths that exist."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ LAYER_SURFACE = {
     "service.jobs.failures",
     "service.jobs.fanout",
 }
+#: What the callbacks' sender may use of the job layer: the outbox's interface, the record.
+CALLBACKS_USE = {"service.jobs.deliveries", "service.jobs.record"}
 #: Modules that use nothing else of the service (but errors).
 LEAVES = {
     "service.errors",
@@ -26,6 +30,8 @@ LEAVES = {
     "service.netguard",
     "service.logs",
     "service.signals",
+    "service.tracing",
+    "service.hostfiles",
 }
 
 
@@ -69,7 +75,8 @@ def broken_rules(importer: str, imported: str) -> str | None:
         return "a leaf module uses nothing else of the service"
     if within(importer, "service.jobs"):
         for room in ("service.api", "service.tasks", "service.clients", "service.app",
-                     "service.metrics", "service.keys", "service.netguard"):  # fmt: skip
+                     "service.metrics", "service.keys", "service.netguard", "service.outbound",
+                     "service.callbacks"):  # fmt: skip
             if within(imported, room):
                 return "the job layer knows nothing of HTTP, tasks, clients or metrics"
     if within(importer, "service.tasks"):
@@ -101,6 +108,18 @@ def broken_rules(importer: str, imported: str) -> str | None:
         within(imported, "service.api") or within(imported, "service.tasks")
     ):
         return "client limits know nothing of HTTP or tasks"
+    if within(importer, "service.callbacks"):
+        if any(within(imported, room) for room in ("service.api", "service.tasks",
+                                                    "service.clients", "service.ui")):  # fmt: skip
+            return "callbacks only send: they know nothing of routes, tasks, clients or pages"
+        if within(imported, "service.jobs") and imported not in CALLBACKS_USE:
+            return "callbacks use only the outbox's interface and the delivery record"
+    if within(imported, "service.app") and importer != "service.asgi":
+        return "the wiring is loaded by the server, never imported by what it wires"
+    if within(imported, "service.ui") and not (
+        within(importer, "service.ui") or importer == "service.app"
+    ):
+        return "the dashboard sits on top: only create_app adds it"
     return None
 
 
@@ -121,7 +140,38 @@ def test_the_rules_catch_a_wall_crossed() -> None:
     assert broken_rules("service.jobs.layer", "service.api.http") is not None
     assert broken_rules("service.tasks.parcels", "service.jobs.layer") is not None
     assert broken_rules("service.ids", "service.config") is not None
+    assert broken_rules("service.jobs.deliveries", "service.outbound") is not None
     assert broken_rules("service.ui.pages", "service.jobs.runner") is not None
     assert broken_rules("service.client.cli", "service.config") is not None
+    assert broken_rules("service.callbacks.sender", "service.jobs.layer") is not None
+    assert broken_rules("service.api.jobs", "service.app") is not None
+    assert broken_rules("service.api.jobs", "service.ui.pages") is not None
+    assert broken_rules("service.asgi", "service.app") is None
+    assert broken_rules("service.app", "service.ui") is None
     assert broken_rules("service.api.parcels", "service.jobs.layer") is None
     assert service_imports(MODULES["service.api.parcels"]) >= {"service.jobs.layer"}
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def test_every_path_the_architecture_names_exists() -> None:
+    """docs/architecture.md names no file or folder of service/ that is not there."""
+    text = ARCHITECTURE.read_text()
+    named = set(re.findall(r"service/[A-Za-z0-9_./]*[A-Za-z0-9_/]", text))
+    assert len(named) > 40  # the rooms table alone names more
+    assert sorted(p for p in named if not (ROOT / p).exists()) == []
+
+
+def test_the_architecture_states_the_rules_this_test_applies() -> None:
+    """The rooms table lists the same leaves and the same surface of the job layer as the
+    rules above."""
+    rows = [line for line in ARCHITECTURE.read_text().splitlines() if line.startswith("| ")]
+    (leaves,) = [row for row in rows if "| leaves:" in row]
+    assert {module_name(ROOT / p) for p in re.findall(r"service/[a-z_]+\.py", leaves)} == LEAVES
+    (api,) = [row for row in rows if row.startswith("| `service/api/` |")]
+    surface = set(re.findall(r"`([a-z_]+)`", api.split("surface:", 1)[1]))
+    assert {f"service.jobs.{name}" for name in surface} == LAYER_SURFACE
+    (callbacks,) = [row for row in rows if row.startswith("| `service/callbacks/` |")]
+    uses = re.findall(r"`([a-z_]+)`", callbacks.split("only", 1)[1].split(";", 1)[0])
+    assert {f"service.jobs.{name}" for name in uses} == CALLBACKS_USE

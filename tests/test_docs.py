@@ -51,3 +51,25 @@ def test_readme_points_to_each_operations_topic() -> None:
     for needle in ("### Metrics", "### Logs", "GET /openapi.json", "deploy/README.md",
                    "JOBPOOL_METRICS_BIND", ".ci/api-contract"):  # fmt: skip
         assert needle in README, needle
+
+
+def test_the_docs_point_only_inside_the_repository() -> None:
+    """Every relative link of the Markdown files resolves to a file of the repository, and
+    none names a path outside it (``../``)."""
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "deploy").glob("*.md"))]  # fmt: skip
+    assert ROOT / "docs" / "architecture.md" in pages
+    broken = []
+    for page in pages:
+        text = page.read_text()
+        broken += [f"{page.name}: {p}" for p in re.findall(r"\.\./[\w./-]+", text)]
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # a URL
+            if (
+                not (page.parent / target).resolve().is_relative_to(ROOT)
+                or not (page.parent / target).exists()
+            ):
+                broken.append(f"{page.name}: {target}")
+    assert broken == []
+    assert "(docs/architecture.md)" in README

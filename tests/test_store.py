@@ -546,3 +546,110 @@ async def test_listing_gives_each_owners_jobs_newest_first_by_filter(backend: Ba
     assert (listed.args, listed.result) == ({}, None)  # a listing reads no payloads
     await a.close()
     await b.close()
+
+
+async def test_a_job_that_names_a_callback_ends_with_its_delivery_in_the_outbox(
+    backend: Backend,
+) -> None:
+    """Ending a job with a callback (finished, cancelled before it started, or stored
+    already ended) writes its delivery in the same write, due at once; a job without one,
+    and a second end, write none."""
+    a, b = await backend.opened(), await backend.opened()
+    ran, dropped, plain = record(callback="http://a/1"), record(callback="http://a/2"), record()
+    inline = record(
+        callback="http://a/3", state=JobState.SUCCEEDED, started_at=2.75, finished_at=2.75,
+        attempts=1, result={"total": 0},
+    )  # fmt: skip
+    for job in (ran, dropped, plain, inline):
+        await a.add(job)
+    await a.start(ran.id, 1.0)
+    await a.finish(ran, JobState.SUCCEEDED, 2.0, result=1, error=None)
+    await a.finish(ran, JobState.FAILED, 3.0, error="again")
+    assert await b.cancel(dropped.id, 2.5) is JobState.CANCELLED
+    await a.start(plain.id, 1.0)
+    await a.finish(plain, JobState.SUCCEEDED, 2.0, result=1, error=None)
+    assert await a.take_deliveries(10, 1.5, 100.0) == []  # none was due before the ends
+    taken = await a.take_deliveries(10, 3.0, 100.0)
+    assert sorted((d.job_id, d.url, d.attempt, d.first_at) for d in taken) == sorted(
+        [
+            (ran.id, "http://a/1", 1, 2.0),
+            (dropped.id, "http://a/2", 1, 2.5),
+            (inline.id, "http://a/3", 1, 2.75),
+        ]
+    )
+    got = await a.get(ran.id)
+    assert got is not None
+    assert got.delivery is not None
+    assert (got.callback, got.delivery.state, got.delivery.attempts) == ("http://a/1", "pending", 1)
+    plain_doc = await a.get(plain.id)
+    assert plain_doc is not None
+    assert plain_doc.delivery is None
+    await a.close()
+    await b.close()
+
+
+async def test_a_taken_delivery_is_leased_and_settled_once(backend: Backend) -> None:
+    """A taken delivery is not taken again before its lease ends; then it is, as the next
+    attempt, and the outcome of the older attempt is refused. Settled pending it is due at
+    its next time; delivered, never again."""
+    a = await backend.opened()
+    job = record(callback="http://a/1")
+    await a.add(job)
+    await a.start(job.id, 1.0)
+    await a.finish(job, JobState.SUCCEEDED, 2.0, result=1, error=None)
+    (first,) = await a.take_deliveries(5, 2.0, 10.0)
+    assert await a.take_deliveries(5, 9.0, 20.0) == []
+    (second,) = await a.take_deliveries(5, 10.0, 20.0)  # its lease ran out: a worker died
+    assert (first.attempt, second.attempt) == (1, 2)
+    assert not await a.settle_delivery(first, "delivered", 11.0, status=200)
+    assert await a.settle_delivery(second, "pending", 11.0, next_at=15.0, status=500,
+                                   error="HTTP 500")  # fmt: skip
+    got = await a.get(job.id)
+    assert got is not None
+    assert got.delivery is not None
+    assert (got.delivery.state, got.delivery.last_status, got.delivery.last_error) == (
+        "pending", 500, "HTTP 500",
+    )  # fmt: skip
+    assert await a.take_deliveries(5, 14.0, 30.0) == []
+    (third,) = await a.take_deliveries(5, 15.0, 30.0)
+    assert await a.settle_delivery(third, "delivered", 16.0, status=204)
+    assert await a.take_deliveries(5, 1000.0, 2000.0) == []
+    got = await a.get(job.id)
+    assert got is not None
+    assert got.delivery is not None
+    assert (got.delivery.state, got.delivery.attempts, got.delivery.delivered_at) == (
+        "delivered", 3, 16.0,
+    )  # fmt: skip
+    await a.close()
+
+
+async def test_a_delivery_given_up_is_sent_again_on_request(backend: Backend) -> None:
+    """A failed delivery is kept; a re-send (through any worker) makes it due at once, its
+    horizon from then; a job without a delivery cannot be re-sent."""
+    a, b = await backend.opened(), await backend.opened()
+    job, plain = record(callback="http://a/1"), record()
+    for r in (job, plain):
+        await a.add(r)
+        await a.start(r.id, 1.0)
+        await a.finish(r, JobState.FAILED, 2.0, error="boom")
+    (taken,) = await a.take_deliveries(5, 2.0, 10.0)
+    assert await a.settle_delivery(taken, "failed", 3.0, status=503, error="given up")
+    assert await a.take_deliveries(5, 1000.0, 2000.0) == []
+    assert await b.resend_delivery(job.id, 50.0)
+    assert not await b.resend_delivery(plain.id, 50.0)
+    (again,) = await a.take_deliveries(5, 50.0, 60.0)
+    assert (again.job_id, again.attempt, again.first_at) == (job.id, 2, 50.0)
+    await a.close()
+    await b.close()
+
+
+async def test_deliveries_go_with_their_expired_jobs(backend: Backend) -> None:
+    """Purging a job past the TTL takes its pending delivery with it."""
+    a = await backend.opened(ttl=100)
+    job = record(id=new_id(lambda: 900.0), callback="http://a/1")
+    await a.add(job)
+    await a.finish(job, JobState.SUCCEEDED, 1000.0, result=1, error=None)
+    for _ in range(13):  # SQLite drops them in every few purges (a scan)
+        await a.purge(2000.0)
+    assert await a.take_deliveries(5, 3000.0, 4000.0) == []
+    await a.close()

@@ -9,7 +9,12 @@ import msgspec
 
 from service import netguard
 from service.api.http import decode_struct, read_json
-from service.api.submitting import answer_submitted, idempotency_key, requested_start
+from service.api.submitting import (
+    answer_submitted,
+    callback_url,
+    idempotency_key,
+    requested_start,
+)
 from service.config import Settings
 from service.errors import Invalid
 from service.jobs.layer import JobLayer
@@ -91,5 +96,6 @@ class FetchResource:
         record = await self.layer.submit(
             "fetch", {"url": url, "method": method, "limits": self.limits},
             owner=req.context.owner, not_before=start, key=key,
+            callback=callback_url(req, self.settings),
         )  # fmt: skip
         await answer_submitted(self.layer, req, resp, record, self.settings)

@@ -19,7 +19,8 @@ class Healthz:
 
 
 class Readyz:
-    """Readiness: every ping passes (store reachable, pools open, not draining)."""
+    """Readiness: every ping passes (as create_app wires them: the store answers, the worker
+    is not draining)."""
 
     def __init__(self, pings: dict[str, Ping]) -> None:
         self.pings = pings

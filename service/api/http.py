@@ -1,4 +1,6 @@
-"""Small HTTP helpers shared by the resources: JSON bodies, JSON answers, Prefer: wait."""
+"""Small HTTP helpers shared by the resources: a body read within its limit, a JSON body
+decoded into a Struct (or explained when it does not fit), JSON answers. What a submit's
+headers ask for (``Prefer: wait`` and the rest) is :mod:`service.api.submitting`'s."""
 
 from __future__ import annotations
 

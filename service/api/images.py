@@ -5,7 +5,12 @@ from __future__ import annotations
 import falcon.asgi
 
 from service.api.http import read_body
-from service.api.submitting import answer_submitted, idempotency_key, requested_start
+from service.api.submitting import (
+    answer_submitted,
+    callback_url,
+    idempotency_key,
+    requested_start,
+)
 from service.config import Settings
 from service.errors import UnsupportedMediaType
 from service.jobs.layer import JobLayer
@@ -51,5 +56,6 @@ class ImagesResource:
             owner=req.context.owner,
             not_before=start,
             key=idempotency_key(req, s, "image", data, request.to_dict()),
+            callback=callback_url(req, s),
         )
         await answer_submitted(self.layer, req, resp, record, s)

@@ -227,6 +227,20 @@ def _submit_headers(settings: Settings, what: str) -> list[dict[str, Any]]:
             "example": '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
         },
         {
+            "name": "Job-Callback",
+            "in": "header",
+            "description": "Once the job ends (succeeded, failed or cancelled), POST its "
+            "document (as GET /v1/jobs/{id} answers it) to this http(s) URL, signed per "
+            "Standard Webhooks with the client's secret (headers ``webhook-id``: the job's "
+            "id, the same on every attempt; ``webhook-timestamp``; ``webhook-signature``). "
+            "Retried with backoff until a 2xx or JOBPOOL_CALLBACK_HORIZON_S; the job's "
+            "``callback`` says how it goes. A URL the SSRF guard refuses without DNS, one "
+            f"over {settings.callback_url_max} characters (JOBPOOL_CALLBACK_URL_MAX), or a "
+            "client without a secret (JOBPOOL_CALLBACK_SECRETS_FILE) is 422.",
+            "schema": {"type": "string", "format": "uri", "maxLength": settings.callback_url_max},
+            "example": "https://hooks.example.com/jobpool",
+        },
+        {
             "name": "Job-Not-Before",
             "in": "header",
             "description": "Start the job no sooner than this RFC 3339 date-time (a time "
@@ -550,6 +564,23 @@ def _paths(settings: Settings) -> dict[str, Any]:
                     ),
                     "404": not_found,
                     "409": _problem("The job has no result (yet, or it failed)."),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/callback": {
+            "post": {
+                "operationId": "resendCallback",
+                "summary": "Send an ended job's callback again; its horizon starts over.",
+                "description": "For a callback given up (``failed``) or lost by its "
+                "receiver: it is POSTed again (the same ``webhook-id``), retried as the first "
+                "time.",
+                "parameters": [_job_id()],
+                "responses": {
+                    "202": _answer(
+                        "Pending again: the job's document.", _json(_ref("JobDocument"))
+                    ),
+                    "404": not_found,
+                    "409": _problem("The job has no callback, or has not ended."),
                 },
             }
         },

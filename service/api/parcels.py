@@ -8,7 +8,12 @@ import falcon.asgi
 import msgspec
 
 from service.api.http import decode_struct, parse_json, read_json, send_json
-from service.api.submitting import answer_submitted, idempotency_key, requested_start
+from service.api.submitting import (
+    answer_submitted,
+    callback_url,
+    idempotency_key,
+    requested_start,
+)
 from service.config import Settings
 from service.errors import NotFound
 from service.jobs.layer import JobLayer
@@ -48,7 +53,7 @@ class ParcelsResource:
         key = idempotency_key(req, self.settings, "parcel", items)
         record = await self.layer.submit_batch(
             "parcel", items, owner=req.context.owner, options=self.options, not_before=start,
-            key=key,
+            key=key, callback=callback_url(req, self.settings),
         )  # fmt: skip
         await answer_submitted(self.layer, req, resp, record, self.settings, accepted=len(items))
 

@@ -1,6 +1,7 @@
 """Security middleware: request-shape limits, API keys (who is asking), per-client limits.
 
-In order, for every request:
+In order, for every request (1 and 2 in one middleware, :class:`Gate`: each middleware call
+costs an await per request):
 
 1. :class:`RequestLimits` refuses a path and query over ``JOBPOOL_URL_MAX`` (414) or with
    more than ``JOBPOOL_QUERY_PARAMS_MAX`` parameters (400). Header sizes and counts are

@@ -11,6 +11,9 @@ the answer.
   ``Location``, ``Idempotent-Replayed: true``), never a second job; the same key with
   another request is 422, and one while the first is still being accepted 409. Keys are
   the client's own, kept ``JOBPOOL_IDEMPOTENCY_TTL_S``.
+- ``Job-Callback: <url>``: once the job ends, its document is POSTed there, signed per
+  Standard Webhooks with the client's secret (see :mod:`service.jobs.deliveries`). A URL
+  the SSRF guard refuses without DNS is 422.
 - The 202 carries ``Location`` and ``Retry-After`` (when to look again).
 """
 
@@ -26,6 +29,7 @@ from typing import Any
 import falcon.asgi
 import msgspec
 
+from service import netguard
 from service.api.http import send_struct
 from service.api.results import result_body
 from service.config import Settings
@@ -43,6 +47,7 @@ _DELAY = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,6})?")
 DELAY_HEADER = "Job-Delay"
 NOT_BEFORE_HEADER = "Job-Not-Before"
 KEY_HEADER = "Idempotency-Key"
+CALLBACK_HEADER = "Job-Callback"
 #: A key sent bare: visible ASCII without quotes, backslashes or spaces.
 _BARE = r"[\x21\x23-\x5b\x5d-\x7e]"
 #: A character inside a Structured Fields string (RFC 8941): printable ASCII, \" and \\
@@ -134,10 +139,35 @@ def idempotency_key(
             f"{KEY_HEADER} must have 1 to {settings.idempotency_key_max} characters, quotes"
             " included (JOBPOOL_IDEMPOTENCY_KEY_MAX)"
         )
-    shaping = [req.method, req.get_header(DELAY_HEADER), req.get_header(NOT_BEFORE_HEADER)]
+    shaping = [
+        req.method,
+        req.get_header(DELAY_HEADER),
+        req.get_header(NOT_BEFORE_HEADER),
+        req.get_header(CALLBACK_HEADER),
+    ]
     fingerprint = hashlib.sha256(msgspec.msgpack.encode([*shaping, *request])).digest()
     owner: str = req.context.owner
     return IdempotencyKey(owner, key, fingerprint, time.time() + settings.idempotency_ttl_s)
+
+
+def callback_url(req: falcon.asgi.Request, settings: Settings) -> str | None:
+    """The request's ``Job-Callback`` URL, or None. What the SSRF guard refuses without DNS
+    (not http(s), credentials, a private or metadata address, ``localhost``, ...) and a URL
+    over ``JOBPOOL_CALLBACK_URL_MAX`` characters are 422; the rest is checked again, after
+    DNS, at each attempt."""
+    raw = req.get_header(CALLBACK_HEADER)
+    if raw is None:
+        return None
+    url = raw.strip()
+    try:
+        netguard.precheck(
+            url,
+            allow_private=settings.callback_allow_private,
+            max_length=settings.callback_url_max,
+        )
+    except (netguard.BadURL, netguard.BlockedAddress) as ex:
+        raise Invalid(f"{CALLBACK_HEADER} refused: {ex}") from None
+    return url
 
 
 def retry_after(record: JobRecord, hint_s: int, now: float | None = None) -> int | None:

@@ -22,7 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry.trace import Span
+
+from service import tracing
 from service.errors import StoreUnavailable
+from service.jobs.context import trace_of
 from service.jobs.failures import describe
 from service.jobs.hold import Hold
 from service.jobs.io_pool import IoPool
@@ -129,6 +133,7 @@ class Batch:
         "on_end",
         "record",
         "skipped",
+        "span",
         "spec",
         "state",
         "unconfirmed",
@@ -146,6 +151,8 @@ class Batch:
         self.record = record
         self.hold = hold
         self.on_end = on_end
+        #: Its run's span while it runs, when its submit was traced (ended with the batch).
+        self.span: Span | None = None
         self.left = len(record.items)
         self.done = 0
         self.failed = 0
@@ -304,6 +311,7 @@ class BatchRunner:
         """Run the items of ``record`` (stored as running); ``on_end(batch)`` once its end
         is written (or could not be: it is then still running in the store, to be re-run)."""
         batch = Batch(spec, record, hold, on_end)
+        batch.span = tracing.start_run(trace_of(record))
         self.running[record.id] = batch
         self._starting.append(batch)
         if not self._dispatch_scheduled:
@@ -429,6 +437,9 @@ class BatchRunner:
 
     def _forget(self, batch: Batch) -> None:
         self.running.pop(batch.record.id, None)
+        if batch.span is not None:
+            batch.span.end()
+            batch.span = None
         if not self.running and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 

@@ -20,7 +20,13 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from service import tracing
+from service.tracing import Trace
+
+if TYPE_CHECKING:
+    from service.jobs.record import JobRecord
 
 #: Reports progress: (done, total or None, message or None).
 Reporter = Callable[[int, int | None, str | None], None]
@@ -33,7 +39,7 @@ class Cancelled(Exception):
 class RunContext:
     """One run of one job."""
 
-    __slots__ = ("_cancel", "_report", "attempt", "final", "job_id")
+    __slots__ = ("_cancel", "_report", "attempt", "final", "job_id", "trace")
 
     def __init__(
         self,
@@ -43,9 +49,12 @@ class RunContext:
         final: bool = True,
         report: Reporter | None = None,
         cancel: threading.Event | None = None,
+        trace: Trace | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
+        #: The run's span is made from it (None: the submit was not traced).
+        self.trace = trace
         #: No retry follows this attempt if it fails (its job's retries are used up).
         self.final = final
         self._report = report
@@ -88,9 +97,25 @@ def enter(context: RunContext) -> None:
 
 
 def run_in(context: RunContext, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` with ``context`` as :func:`current` (in this thread)."""
+    """``fn(*args, **kwargs)`` with ``context`` as :func:`current` (in this thread), within
+    the run's span when it is traced."""
     token = _current.set(context)
     try:
-        return fn(*args, **kwargs)
+        with tracing.run_span(context.trace):
+            return fn(*args, **kwargs)
     finally:
         _current.reset(token)
+
+
+def trace_of(record: JobRecord) -> Trace | None:
+    """How a run of ``record`` is traced: under its submit's span on its first, undelayed
+    run; linked to it only when it was delayed or is a retry (a trace of its own)."""
+    if record.traceparent is None:
+        return None
+    return Trace(
+        record.traceparent,
+        child=record.not_before is None and not record.failed_attempts,
+        job=record.name,
+        job_id=record.id,
+        attempt=record.attempts,
+    )

@@ -28,10 +28,11 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from service import logs
+from service import logs, tracing
 from service.jobs.context import RunContext, run_in
 from service.jobs.failures import ProcessDied, TaskTimeout
 from service.jobs.tokens import HostTokens
+from service.tracing import Trace
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,23 @@ def _child_init(nice: int, log_level: str, reports: Any) -> None:
 
 
 def _run_in_child(
-    job_id: str, attempt: int, final: bool, fn: Callable[..., Any], kwargs: dict[str, Any]
+    job_id: str,
+    attempt: int,
+    final: bool,
+    fn: Callable[..., Any],
+    kwargs: dict[str, Any],
+    trace: Trace | None = None,
 ) -> Any:
-    """A job's function in a cpu process, with a run context whose progress crosses back."""
+    """A job's function in a cpu process, with a run context whose progress (and, when
+    traced, whose spans) cross back."""
 
     def report(done: int, total: int | None, message: str | None) -> None:
         _reports.put((job_id, done, total, message))
 
-    return run_in(RunContext(job_id, attempt, final=final, report=report), fn, **kwargs)
+    if trace is not None:
+        tracing.in_child(_reports.put)
+    context = RunContext(job_id, attempt, final=final, report=report, trace=trace)
+    return run_in(context, fn, **kwargs)
 
 
 class CpuPool:
@@ -140,8 +150,9 @@ class CpuPool:
                     self._listen()
                     self._running[context.job_id] = context
                     future = self._executor(slot).submit(
-                        _run_in_child, context.job_id, context.attempt, context.final, fn, kwargs
-                    )
+                        _run_in_child, context.job_id, context.attempt, context.final, fn,
+                        kwargs, context.trace,
+                    )  # fmt: skip
                 try:
                     return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
                 except TimeoutError:
@@ -174,6 +185,9 @@ class CpuPool:
 
         def read() -> None:
             while (message := self._reports.get()) is not None:
+                if message[0] == "spans":  # a traced run's spans: exported from here
+                    tracing.export_foreign(message[1])
+                    continue
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
                     loop.call_soon_threadsafe(self._deliver, *message)
 

@@ -15,6 +15,8 @@ from service.jobs.state import JobState
 
 __all__ = [
     "AttemptDocument",
+    "CallbackDocument",
+    "CallbackState",
     "CancelDocument",
     "CancelHow",
     "Count",
@@ -37,6 +39,8 @@ CancelHow = Literal["dequeued", "terminated", "stopped", "abandoned"]
 #: (the same Idempotency-Key) answers with the job's state now, whatever it is.
 SubmittedState = Literal["scheduled", "queued", "running", "succeeded", "failed", "cancelled"]
 Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+#: Where a job's callback is (see :class:`CallbackDocument`).
+CallbackState = Literal["waiting", "pending", "delivered", "failed"]
 
 
 class ItemCounts(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,12 +78,29 @@ class CancelDocument(msgspec.Struct, forbid_unknown_fields=True):
     how: CancelHow | None
 
 
+class CallbackDocument(msgspec.Struct, forbid_unknown_fields=True):
+    """The job's completion callback (``Job-Callback``): ``waiting`` until the job ends,
+    ``pending`` while it is being delivered (or waits for its next attempt), ``delivered``
+    once the receiver answered 2xx, ``failed`` when it was given up (past
+    ``JOBPOOL_CALLBACK_HORIZON_S``, or a URL the SSRF guard refused): ``POST
+    /v1/jobs/{id}/callback`` sends it again. ``attempts`` POSTs so far, ``last_status``
+    the last answer's HTTP status (null: none), ``last_error`` why the last attempt failed."""
+
+    url: str
+    state: CallbackState
+    attempts: Count
+    last_status: int | None
+    last_error: str | None
+    delivered_at: Timestamp | None
+
+
 class JobDocument(msgspec.Struct, forbid_unknown_fields=True):
     """A job's state: ``job`` is its name (``parcel``, ...), ``attempts`` how many times it
     was started, ``error`` why its last attempt failed, ``next_attempt_at`` when a scheduled
     job starts (a delayed submit, or a retry), ``items`` a batch's counts,
     ``failed_attempts`` the attempts that failed and were retried, ``progress`` what a task
-    said of how far it got, ``cancel`` how a cancel went."""
+    said of how far it got, ``cancel`` how a cancel went, ``callback`` where its completion
+    callback is."""
 
     id: JobId
     job: str
@@ -94,6 +115,7 @@ class JobDocument(msgspec.Struct, forbid_unknown_fields=True):
     failed_attempts: list[AttemptDocument] | msgspec.UnsetType = msgspec.UNSET
     progress: ProgressDocument | msgspec.UnsetType = msgspec.UNSET
     cancel: CancelDocument | msgspec.UnsetType = msgspec.UNSET
+    callback: CallbackDocument | msgspec.UnsetType = msgspec.UNSET
 
 
 class JobPage(msgspec.Struct, forbid_unknown_fields=True):

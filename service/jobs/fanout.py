@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service import tracing
 from service.jobs.hold import Admissions, Hold, NoQuota
 from service.jobs.registry import JobSpec
 from service.jobs.runner import Runner
@@ -47,7 +48,8 @@ async def fan_out(
         await admission.acquire(1)
         hold = Hold(admission, 1, _NO_QUOTA, "")
         try:
-            return await runner.call(spec, kwargs, hold), time.perf_counter() - started
+            with tracing.run_here(spec.name):  # under the request's span
+                return await runner.call(spec, kwargs, hold), time.perf_counter() - started
         finally:
             hold.release()
 

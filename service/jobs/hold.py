@@ -63,10 +63,6 @@ class Hold:
         self.owner = owner
         self._counted = True
 
-    @property
-    def released(self) -> bool:
-        return not self._counted
-
     def hand_over(self, future: asyncio.Future[Any], n: int = 1) -> None:
         """``n`` places go back when ``future`` ends (a thread), not at :meth:`release`."""
         n = self.take(n)

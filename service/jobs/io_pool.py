@@ -1,4 +1,5 @@
-"""The io pool: one ThreadPoolExecutor per gunicorn worker, for jobs that mostly wait."""
+"""The io pool: one ThreadPoolExecutor per gunicorn worker, for jobs that mostly wait (and a
+small one of reserved threads, for the callbacks' POSTs)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,23 @@ from typing import Any
 
 
 class IoPool:
-    """Runs functions on threads; the caller awaits an asyncio future."""
+    """Runs functions on threads; the caller awaits an asyncio future.
 
-    def __init__(self, threads: int) -> None:
+    ``threads`` are the jobs'; ``reserved`` more, in an executor of their own, run the
+    layer's own bounded work (:meth:`submit_reserved`: callback POSTs), which so never takes
+    a thread from a job nor gives one to it.
+    """
+
+    def __init__(self, threads: int, *, reserved: int = 0) -> None:
         self.threads = threads
+        self.reserved = reserved
         self.busy = 0
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="jobpool-io")
+        self._reserved = (
+            ThreadPoolExecutor(reserved, thread_name_prefix="jobpool-io-reserved")
+            if reserved
+            else None
+        )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Start ``fn`` on a thread. A timeout cannot stop a thread: the future still ends."""
@@ -25,6 +37,12 @@ class IoPool:
         future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
         future.add_done_callback(self._done)
         return future
+
+    def submit_reserved(self, fn: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]:
+        """Start ``fn(*args)`` on a reserved thread (on a job's thread when none is)."""
+        if self._reserved is None:
+            return self.submit(fn, *args)
+        return asyncio.get_running_loop().run_in_executor(self._reserved, fn, *args)
 
     def post(self, fn: Callable[..., Any], /, *args: Any, done: Callable[[Any], None]) -> None:
         """Start ``fn(*args)`` on a thread, then call ``done(result)`` on the loop (with the
@@ -56,3 +74,5 @@ class IoPool:
 
     def close(self, *, wait: bool) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=True)
+        if self._reserved is not None:
+            self._reserved.shutdown(wait=wait, cancel_futures=True)

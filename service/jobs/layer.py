@@ -10,10 +10,14 @@ One ``JobLayer`` per gunicorn worker, a thin facade over its rooms:
   this worker's lane (SQLite), or in a queue the fleet shares (Redis) — chosen once;
 - :mod:`~service.jobs.runner` and :mod:`~service.jobs.batches`: running jobs and batches;
 - :mod:`~service.jobs.janitor`: what a worker does now and then;
+- :mod:`~service.jobs.deliveries`: the completion callbacks of the store's outbox;
+- :mod:`~service.jobs.fanout`: calls answered within one request, stored nowhere (search);
 - the store (:mod:`~service.jobs.store`) and the pools.
 
 A job is stored before it is acknowledged. When a place is free at that moment it is stored
-already running (one write, not two); otherwise it is stored queued and waits its turn.
+already running (one write, not two); otherwise it is stored queued and waits its turn. A
+batch whose items are cheap (its declaration's ``inline_when``) runs on the loop as it is
+accepted and is stored already ended; one that may start only later is stored scheduled.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from service import tracing
 from service.errors import (
     Conflict,
+    Invalid,
     KeyReused,
     Overloaded,
     ShuttingDown,
@@ -39,6 +45,7 @@ from service.ids import new_id
 from service.jobs import events as ev
 from service.jobs.batches import Batch, BatchRunner, outcome, run_inline
 from service.jobs.cpu_pool import CpuPool
+from service.jobs.deliveries import CallbackPolicy, Deliveries
 from service.jobs.fanout import Outcome, fan_out
 from service.jobs.hold import Admissions, Quota
 from service.jobs.io_pool import IoPool
@@ -83,6 +90,7 @@ class JobLayer:
         quota: Quota | None = None,
         events: ev.JobEvents | None = None,
         slot_claimed: Callable[[int], None] = lambda slot: None,
+        callbacks: CallbackPolicy | None = None,
     ) -> None:
         self.registry = registry
         self._slot_claimed = slot_claimed
@@ -140,6 +148,10 @@ class JobLayer:
             else LocalQueue(store=store, lanes=self.lanes, admissions=self.admissions, clock=clock)
         )
         self.runner.retried = self._retried
+        #: Sends the completion callbacks of the store's outbox (None: none can be asked for).
+        self.deliveries = (
+            None if callbacks is None else Deliveries(store, io_pool, callbacks, clock=clock)
+        )
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._janitor: asyncio.Task[None] | None = None
         self._stops: asyncio.Task[None] | None = None
@@ -168,6 +180,8 @@ class JobLayer:
         )
         self._stops = asyncio.create_task(self._stop_loop(), name="jobpool-stops")
         await self.queue.start()
+        if self.deliveries is not None:
+            await self.deliveries.start()
 
     async def close(self, *, drain_s: float) -> None:
         """Stop taking jobs; let running ones finish within ``drain_s``; requeue the rest.
@@ -209,6 +223,8 @@ class JobLayer:
                     await self.store.requeue(job.record.id, error=SHUTDOWN)
             job.hold.release()
         await self.unwritten.write(self.store)
+        if self.deliveries is not None:  # after the drain: the ends it wrote are sent too
+            await self.deliveries.stop()
         if self.unwritten:
             log.warning("%d job ends could not be written: those jobs run again at the "
                         "next start", len(self.unwritten))  # fmt: skip
@@ -244,11 +260,14 @@ class JobLayer:
         owner: str,
         not_before: float | None = None,
         key: IdempotencyKey | None = None,
+        callback: str | None = None,
     ) -> JobRecord:
         """Store the job ``name`` with keyword ``args`` and start it (or, with
         ``not_before`` in the future, schedule it); raises Overloaded. With ``key``, a
-        submit of the same key and request gets the job an earlier one made (``replayed``)."""
-        return await self._keyed(self.registry.get(name), args, None, owner, not_before, key)
+        submit of the same key and request gets the job an earlier one made (``replayed``).
+        With ``callback``, the job's document is POSTed there once it ends."""
+        spec = self.registry.get(name)
+        return await self._keyed(spec, args, None, owner, not_before, key, callback)
 
     async def submit_batch(
         self,
@@ -259,12 +278,13 @@ class JobLayer:
         options: dict[str, Any] | None = None,
         not_before: float | None = None,
         key: IdempotencyKey | None = None,
+        callback: str | None = None,
     ) -> JobRecord:
         """One job of ``len(items)`` tasks: ``fn(item, **options)`` for each item."""
         spec = self.registry.get(name)
         if spec.pool != "io" or spec.is_async:
             raise ValueError(f"job {name!r}: batches run on io threads, not {spec.pool!r}")
-        return await self._keyed(spec, options or {}, items, owner, not_before, key)
+        return await self._keyed(spec, options or {}, items, owner, not_before, key, callback)
 
     async def _keyed(
         self,
@@ -274,16 +294,21 @@ class JobLayer:
         owner: str,
         not_before: float | None,
         key: IdempotencyKey | None,
+        callback: str | None = None,
     ) -> JobRecord:
         """A submit; with an idempotency key, once per key (and request) however often."""
+        if callback is not None:
+            if self.deliveries is None:
+                raise Invalid("this service sends no callbacks")
+            self.deliveries.check(owner)
         if key is None:
-            return await self._accept(spec, args, items, owner, not_before, None)
+            return await self._accept(spec, args, items, owner, not_before, None, callback)
         async with self.store.hold_key(key):
             found = await self.store.find_key(key, self.clock())
             if found is not None:
                 return await self._replay(key, *found)
             try:
-                return await self._accept(spec, args, items, owner, not_before, key)
+                return await self._accept(spec, args, items, owner, not_before, key, callback)
             except KeyTaken as ex:  # a shared store: another host stored it first
                 return await self._replay(key, ex.job_id, ex.fingerprint)
 
@@ -307,14 +332,15 @@ class JobLayer:
         owner: str,
         not_before: float | None,
         key: IdempotencyKey | None,
+        callback: str | None = None,
     ) -> JobRecord:
         if self.draining:
             self.events.rejected(spec.name, ev.SHUTTING_DOWN)
             raise ShuttingDown("this worker is shutting down; retry on another")
         if not_before is not None and not_before > self.clock():
-            return await self._accept_later(spec, args, items, owner, not_before, key)
+            return await self._accept_later(spec, args, items, owner, not_before, key, callback)
         if items is not None and spec.inline_when is not None and spec.inline_when(args):
-            return await self._accept_done(spec, args, items, owner, key)
+            return await self._accept_done(spec, args, items, owner, key, callback)
         pool = spec.pool
         hold = await self.admissions.admit(
             spec.name, pool, owner, 1 if items is None else len(items)
@@ -334,6 +360,8 @@ class JobLayer:
             attempts=1 if starts_now else 0,
             args=args,
             items=items,
+            callback=callback,
+            traceparent=tracing.current_traceparent(),
         )
         try:
             stored = await self.store.add(record, key=key)
@@ -366,6 +394,7 @@ class JobLayer:
         items: list[Any],
         owner: str,
         key: IdempotencyKey | None,
+        callback: str | None = None,
     ) -> JobRecord:
         """A batch whose items are cheap: they run now, on the loop, and the job is stored
         already ended, with its item results, in one write. It never waits for a place nor
@@ -377,7 +406,8 @@ class JobLayer:
         except TooManyTasks:
             self.events.rejected(spec.name, ev.TOO_LARGE)
             raise
-        progress, failures = run_inline(spec, items, args)
+        with tracing.run_here(spec.name):  # it runs within its request
+            progress, failures = run_inline(spec, items, args)
         state, result, error = outcome(progress.done, progress.failed, failures)
         now = self.clock()
         record = JobRecord(
@@ -395,6 +425,8 @@ class JobLayer:
             result=result,
             done=progress.done,
             failed=progress.failed,
+            callback=callback,
+            traceparent=tracing.current_traceparent(),
         )
         try:
             await self.store.add(record, key=key, items=progress)
@@ -414,6 +446,7 @@ class JobLayer:
         owner: str,
         not_before: float,
         key: IdempotencyKey | None,
+        callback: str | None = None,
     ) -> JobRecord:
         """A job that may start only at ``not_before``: stored scheduled. It takes no place
         in a pool and does not count in flight until then (it is admitted, past the
@@ -427,6 +460,8 @@ class JobLayer:
             args=args,
             items=items,
             not_before=not_before,
+            callback=callback,
+            traceparent=tracing.current_traceparent(),
         )
         try:
             await self.store.add(record, key=key)
@@ -570,6 +605,11 @@ class JobLayer:
             if stop_wait_s > 0:
                 return await self.wait(job_id, stop_wait_s)
         return await self.store.get(job_id)
+
+    async def resend_callback(self, job_id: str) -> bool:
+        """Send an ended job's callback again (its horizon starts over); False when it has
+        no delivery to send (no callback, or the job has not ended)."""
+        return await self.store.resend_delivery(job_id, self.clock())
 
     async def _stop_loop(self) -> None:
         """Stop the running jobs clients cancelled through other workers (or hosts)."""

@@ -1,15 +1,17 @@
-"""The job record: one row of the store, and its public document."""
+"""The job record: one row of the store; :meth:`JobRecord.document` fills its public
+document (:mod:`service.jobs.document`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from service.jobs.document import (
     AttemptDocument,
+    CallbackDocument,
     CancelDocument,
     CancelHow,
     ItemCounts,
@@ -39,6 +41,37 @@ class Progress:
 
     def document(self) -> ProgressDocument:
         return ProgressDocument(done=self.done, total=self.total, message=self.message)
+
+
+#: Where a job's callback is once its job has ended (before: ``waiting``, not stored).
+DeliveryState = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackStatus:
+    """How the delivery of a job's callback goes (the outbox entry its end wrote)."""
+
+    state: DeliveryState
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An attempt at a job's callback, taken from the outbox by one worker: it holds the
+    entry (a lease) until it records the outcome, ``attempt`` naming this attempt."""
+
+    job_id: str
+    owner: str
+    url: str
+    #: This attempt's number (1 for the first); an outcome for an older one is ignored.
+    attempt: int
+    #: When the job ended: the retries' horizon counts from here.
+    first_at: float
+    #: The W3C trace context of the submit, when it was traced.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +107,11 @@ class JobRecord:
     cancelled_how: CancelHow | None = None
     #: What its task last said of how far it got.
     progress: Progress | None = None
+    #: The URL its end is POSTed to (``Job-Callback``), and how that goes once it ended.
+    callback: str | None = None
+    delivery: CallbackStatus | None = None
+    #: The W3C trace context (``traceparent``) of the request that submitted it, if traced.
+    traceparent: str | None = None
     #: Not stored: this submit found the job an earlier one with its Idempotency-Key made.
     replayed: bool = False
 
@@ -118,6 +156,21 @@ class JobRecord:
             else CancelDocument(
                 requested_at=_maybe_iso(self.cancel_requested_at), how=self.cancelled_how
             ),
+            callback=msgspec.UNSET if self.callback is None else self._callback(),
+        )
+
+    def _callback(self) -> CallbackDocument:
+        assert self.callback is not None
+        status = self.delivery
+        if status is None:  # nothing in the outbox yet: the job has not ended
+            return CallbackDocument(self.callback, "waiting", 0, None, None, None)
+        return CallbackDocument(
+            url=self.callback,
+            state=status.state,
+            attempts=status.attempts,
+            last_status=status.last_status,
+            last_error=status.last_error,
+            delivered_at=_maybe_iso(status.delivered_at),
         )
 
 

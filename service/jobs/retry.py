@@ -59,6 +59,3 @@ class Backoff:
         """The wait before retry number ``retry``."""
         bound = self.bound(retry)
         return bound * rand() if self.jitter else bound
-
-
-NO_BACKOFF = Backoff(base_s=0.0, max_s=0.0, jitter=False)

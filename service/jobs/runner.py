@@ -23,10 +23,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from service import tracing
 from service.errors import StoreUnavailable
 from service.jobs import events as ev
 from service.jobs.batches import Batch, BatchRunner
-from service.jobs.context import RunContext, enter, run_in
+from service.jobs.context import RunContext, enter, run_in, trace_of
 from service.jobs.cpu_pool import CpuPool
 from service.jobs.document import CancelHow
 from service.jobs.failures import ProcessDied, TaskTimeout, describe
@@ -167,7 +168,9 @@ class Runner:
             loop.call_soon_threadsafe(self._reported, record.id, done, total, message)
 
         final = len(record.failed_attempts) >= spec.retries
-        context = RunContext(record.id, record.attempts, final=final, report=report)
+        context = RunContext(
+            record.id, record.attempts, final=final, report=report, trace=trace_of(record)
+        )
         run = Run(record, spec, context)
         self.runs[record.id] = run
         try:
@@ -199,7 +202,8 @@ class Runner:
         if spec.is_async:
             enter(context)  # this call is a task of its own: the context is its alone
             try:
-                return await asyncio.wait_for(spec.fn(**kwargs), spec.timeout_s)
+                with tracing.run_span(context.trace):
+                    return await asyncio.wait_for(spec.fn(**kwargs), spec.timeout_s)
             except TimeoutError:
                 raise TaskTimeout(f"timed out after {spec.timeout_s:g} s") from None
         future = self.io.submit(run_in, context, spec.fn, **kwargs)

@@ -7,11 +7,12 @@ one claims the same number and takes over what it left.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import secrets
 from pathlib import Path
+
+from service.hostfiles import made_once
 
 HOST_ID_FILE = "host-id"
 
@@ -52,20 +53,7 @@ def is_held(path: Path) -> bool:
 def host_id(directory: Path) -> str:
     """This host's id: made once (random), kept in ``directory``, the same after a restart.
 
-    Concurrent first starts agree: the file is written aside and linked into place, so a
-    reader sees either no file or a whole one.
+    Concurrent first starts agree (:func:`~service.hostfiles.made_once`).
     """
-    path = directory / HOST_ID_FILE
-    with contextlib.suppress(FileNotFoundError):
-        text = path.read_text().strip()
-        if text:
-            return text
-    tmp = directory / f".{HOST_ID_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-    tmp.write_text(secrets.token_hex(6) + "\n")
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass  # another worker was first: use its id
-    finally:
-        tmp.unlink()
-    return path.read_text().strip()
+    # Not a secret: readable as any file the service writes.
+    return made_once(directory / HOST_ID_FILE, lambda: secrets.token_hex(6), mode=0o666)

@@ -43,10 +43,6 @@ class Move:
         """The sources as an SQL list: ``('queued', 'running')``."""
         return "(" + ", ".join(f"'{s.value}'" for s in sorted(self.sources)) + ")"
 
-    def lua(self, var: str) -> str:
-        """A Lua condition: whether the state in ``var`` is one of the sources."""
-        return " or ".join(f"{var} == '{s.value}'" for s in sorted(self.sources))
-
 
 #: A new job: stored running when a place is free at once, else queued; scheduled when it
 #: may start only later; or already ended, when its work was done as it was accepted (an

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 from service.jobs.document import CancelHow
 from service.jobs.record import (
     BatchProgress,
+    Delivery,
+    DeliveryState,
     FailedAttempt,
     IdempotencyKey,
     JobEnd,
@@ -156,8 +158,9 @@ class Store(Protocol):
     async def unfinished(self) -> list[JobRecord]:
         """Jobs of this worker's part that are queued or running (to run after a restart).
 
-        Running ones were cut off by a crash: they come back queued, with error INTERRUPTED.
-        A shared queue puts them back in the queue instead and returns none.
+        Running ones were cut off by a crash: they come back queued, marked ``interrupted``
+        (their ``interruptions`` counted; :data:`INTERRUPTED` as their error). A shared queue
+        puts them back in the queue instead and returns none.
         """
 
     async def adopt_orphans(self) -> list[JobRecord]:
@@ -166,6 +169,32 @@ class Store(Protocol):
 
     async def purge(self, now: float) -> int:
         """Delete finished jobs older than the result TTL; return how many."""
+
+    # -- the callbacks' outbox: a job that names a callback gets its delivery in the write
+    # that ends it (every move to a final state), due at once.
+
+    async def take_deliveries(self, n: int, now: float, lease_until: float) -> list[Delivery]:
+        """Up to ``n`` callbacks due by ``now``, each taken for one more attempt and leased
+        until ``lease_until``: one not settled by then is due again (its worker died
+        mid-POST). SQLite: this worker's shard's; Redis: any of the fleet's."""
+
+    async def settle_delivery(
+        self,
+        delivery: Delivery,
+        state: DeliveryState,
+        now: float,
+        *,
+        next_at: float | None = None,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Record the outcome of ``delivery``'s attempt: ``delivered``, ``failed`` (given
+        up), or ``pending`` again at ``next_at``; False if it was taken again since (its
+        lease ran out): nothing is written then."""
+
+    async def resend_delivery(self, job_id: str, now: float) -> bool:
+        """Make a job's callback pending again from ``now`` (its horizon starts over); False
+        when the job has no delivery (no callback, or it has not ended)."""
 
     async def ping(self) -> None:
         """Raise if the store cannot be used (readiness)."""

@@ -10,11 +10,8 @@ twice and answer differently. Redirects are followed here, one checked hop at a 
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
-import os
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -43,6 +40,7 @@ from service.netguard import (
     parse_url,
     resolve_checked,
 )
+from service.outbound import ADDRESSES_TRIED, discard, open_pinned, retry_after_s
 
 __all__ = ["SELECTED_HEADERS", "FetchError", "FetchLimits", "fetch_url"]
 
@@ -57,10 +55,8 @@ SELECTED_HEADERS: Final = (
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _METHODS: Final = frozenset({"GET", "HEAD"})
 _CHUNK: Final = 64 * 1024
-_DRAIN_MAX: Final = 64 * 1024  # a redirect body up to this size is read so the connection is reused
 _DEADLINE_MESSAGE: Final = "the fetch took longer than its total deadline"
 _DEADLINE_SLACK_S: Final = 0.05  # a read timeout this close to the deadline is the deadline
-_ADDRESSES_PER_HOP: Final = 3  # addresses tried, in resolver order, when connecting fails
 #: Failures another attempt may not repeat: they are retried (the job's policy).
 RETRYABLE_KINDS: Final = frozenset({"connection", "timeout"})
 #: How often a fetch is tried again, and how long it waits between tries.
@@ -138,25 +134,6 @@ class FetchLimits:
             raise ValueError("user_agent must be one non-empty line")
 
 
-# One PoolManager per process, made on first use (and again in a forked child): it keeps a
-# connection pool per (scheme, address, port, TLS name), so keep-alive connections are reused
-# only for the very name their certificate was checked against.
-_manager: tuple[int, urllib3.PoolManager] | None = None
-_manager_lock = threading.Lock()
-
-
-def _pool_manager() -> urllib3.PoolManager:
-    global _manager
-    pid = os.getpid()
-    current = _manager
-    if current is not None and current[0] == pid:
-        return current[1]
-    with _manager_lock:
-        if _manager is None or _manager[0] != pid:
-            _manager = (pid, urllib3.PoolManager(num_pools=64, maxsize=8, block=False))
-        return _manager[1]
-
-
 def fetch_url(
     url: str,
     method: str = "GET",
@@ -201,7 +178,7 @@ def fetch_url(
             return _read_result(
                 response, hop, address, method, limits, deadline, started, redirects
             )
-        _discard(response)
+        discard(response)
         if len(redirects) >= limits.max_redirects:
             raise FetchError(
                 f"too many redirects (more than {limits.max_redirects})", "too_many_redirects"
@@ -259,37 +236,20 @@ def _open(
 ) -> tuple[urllib3.BaseHTTPResponse, IPAddress]:
     """Send the request to the first address that accepts a connection."""
     headers = {
-        "Host": hop.authority,
         "User-Agent": limits.user_agent,
         "Accept": "*/*",
         "Accept-Encoding": "identity",
     }
-    pool_kwargs: dict[str, Any] = {}
-    if hop.scheme == "https":
-        pool_kwargs = {"server_hostname": hop.host, "assert_hostname": hop.host}
-        if limits.ca_file is not None:
-            pool_kwargs["ca_certs"] = limits.ca_file
     failure: FetchError | None = None
-    for address in addresses[:_ADDRESSES_PER_HOP]:
+    for address in addresses[:ADDRESSES_TRIED]:
         left = _remaining(deadline)
         timeout = urllib3.Timeout(
             connect=_cap(limits.connect_timeout_s, left), read=_cap(limits.read_timeout_s, left)
         )
-        pool = _pool_manager().connection_from_host(
-            str(address), hop.port, hop.scheme, pool_kwargs=pool_kwargs
-        )
         where = _where(hop, address)
         try:
-            response = pool.urlopen(
-                method,
-                hop.target,
-                headers=headers,
-                retries=False,
-                redirect=False,
-                timeout=timeout,
-                preload_content=False,
-                decode_content=False,
-                assert_same_host=False,
+            response = open_pinned(
+                hop, address, method, headers=headers, timeout=timeout, ca_file=limits.ca_file
             )
         except NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
             failure = FetchError(f"cannot connect to {where}: {_why(exc)}", "connection")
@@ -341,20 +301,6 @@ def _tighten(
     sock = getattr(response.connection, "sock", None)
     if isinstance(sock, socket.socket):
         sock.settimeout(_cap(read_timeout, _remaining(deadline)))
-
-
-def _discard(response: urllib3.BaseHTTPResponse) -> None:
-    """Let go of a redirect's body; read it (to reuse the connection) only if it is small."""
-    declared = str(response.headers.get("content-length", ""))
-    try:
-        if declared.isdigit() and int(declared) <= _DRAIN_MAX:
-            response.read()  # to the end (bounded by Content-Length), so it can be reused
-        else:
-            response.close()
-    except HTTPError:
-        response.close()
-    finally:
-        response.release_conn()
 
 
 def _read_result(
@@ -440,19 +386,3 @@ def fetch_job(url: str, method: str, limits: dict[str, Any]) -> dict[str, Any]:
     body = result.pop("body", None)
     result["body_base64"] = None if body is None else base64.b64encode(body).decode("ascii")
     return result
-
-
-def retry_after_s(value: str | None, now: float | None = None) -> float:
-    """Seconds a ``Retry-After`` value (RFC 9110: seconds, or an HTTP date) asks to wait;
-    0 when it is absent or not understood."""
-    if not value:
-        return 0.0
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return 0.0
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)

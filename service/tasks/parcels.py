@@ -4,6 +4,10 @@
 them in one pass (msgspec, in C), and ``/openapi.json`` derives its schemas from them. Only
 a body that does not fit is walked again by :func:`parse_batch`, which lists every problem
 by JSON pointer.
+
+Without a simulated storage latency (``JOBPOOL_PARCEL_LATENCY_MS``) the items run on the
+event loop as the batch is accepted, and the job is stored already ended
+(:func:`without_latency`, the registry's ``inline_when``).
 """
 
 from __future__ import annotations

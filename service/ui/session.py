@@ -23,11 +23,9 @@ session's nonce, and every POST must come from a page of this origin (``Origin``
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import hashlib
 import hmac
-import os
 import secrets
 import time
 import urllib.parse
@@ -38,6 +36,7 @@ from pathlib import Path
 import falcon.asgi
 
 from service.errors import Forbidden, Unauthorized
+from service.hostfiles import made_once
 from service.keys import KeyEntry, Keyring, Role
 
 __all__ = ["COOKIE", "LoginRequired", "Sessions", "Visitor", "local_secret"]
@@ -75,24 +74,9 @@ class Visitor:
 
 def local_secret(directory: Path) -> bytes:
     """The host's signing secret: made once (random), kept in ``directory``, read by every
-    worker. Concurrent first starts agree: written aside, linked into place."""
-    path = directory / SECRET_FILE
-    with contextlib.suppress(FileNotFoundError):
-        text = path.read_text().strip()
-        if text:
-            return bytes.fromhex(text)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(SECRET_BYTES) + "\n")
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass  # another worker was first: use its secret
-    finally:
-        tmp.unlink()
-    return bytes.fromhex(path.read_text().strip())
+    worker (:func:`~service.hostfiles.made_once`: concurrent first starts agree)."""
+    text = made_once(directory / SECRET_FILE, lambda: secrets.token_hex(SECRET_BYTES))
+    return bytes.fromhex(text)
 
 
 def _b64(data: bytes) -> str:

@@ -51,6 +51,7 @@ local RUN = P .. 'running'
 local INFLIGHT = P .. 'inflight'
 local SCHEDULED = P .. 'scheduled'
 local STOPS = P .. 'stops'
+local DELIVERIES = P .. 'deliveries'
 """
     + _sources()
     + r"""
@@ -181,6 +182,15 @@ local function promote(now, n)
   return #ids
 end
 
+-- The callbacks' outbox: a job that names one gets its delivery (fields d_* of its hash, and
+-- its id in DELIVERIES, scored by when it is due) in the step that ends it.
+local function outbox(job, id, now)
+  if redis.call('HEXISTS', job, 'callback') == 1 then
+    redis.call('HSET', job, 'd_state', 'pending', 'd_first', now, 'd_attempts', 0)
+    redis.call('ZADD', DELIVERIES, now, id)
+  end
+end
+
 -- A job that was running where it no longer runs goes back to its queue.
 local function interrupt(e, reason)
   local entry = redis.call('XRANGE', RUN, e, e)
@@ -234,6 +244,7 @@ if want == 'f' then  -- its work was done as it was accepted: never in flight
   index_new(job, id)
   keep_key()
   redis.call('ZADD', P .. 'finished', now, id)
+  outbox(job, id, now)
   return {redis.call('HGET', job, 'state'), ''}
 end
 if want == 's' then  -- not in flight until it is due (promote counts it then)
@@ -336,6 +347,7 @@ if n > 0 then redis.call('HDEL', job, unpack(ARGV, i + 1, i + n)) end
 set_state(job, id, state)
 redis.call('HSET', job, 'finished', now)
 redis.call('ZADD', P .. 'finished', now, id)
+outbox(job, id, now)
 return was
 """
 
@@ -379,6 +391,7 @@ end
 set_state(job, id, 'cancelled')
 redis.call('HSET', job, 'finished', now, 'cancelled_how', 'dequeued')
 redis.call('ZADD', P .. 'finished', now, id)
+outbox(job, id, now)
 return 'cancelled'
 """
 
@@ -496,6 +509,7 @@ for _, id in ipairs(ids) do
     unindex_state(h[1], h[2], id)
   end
   redis.call('ZREM', P .. 'jobs', id)
+  redis.call('ZREM', DELIVERIES, id)
   redis.call('DEL', job)
   redis.call('ZREM', P .. 'finished', id)
 end
@@ -550,6 +564,61 @@ end
 return out
 """
 
+#: ARGV: prefix, now, lease until, n. Up to n deliveries due by now, each taken for one more
+#: attempt and due again at the lease's end (a host that dies mid-POST leaves it to another).
+#: Returns {{id, owner, url, attempt, first, traceparent or ''}, ...}.
+TAKE_DELIVERIES = r"""
+local now, lease, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', DELIVERIES, '-inf', now, 'LIMIT', 0, n)) do
+  local job = P .. 'job:' .. id
+  local h = redis.call('HMGET', job, 'd_state', 'owner', 'callback', 'd_first', 'traceparent')
+  if h[1] ~= 'pending' then
+    redis.call('ZREM', DELIVERIES, id)
+  else
+    local attempt = redis.call('HINCRBY', job, 'd_attempts', 1)
+    redis.call('HSET', job, 'd_try', attempt)
+    redis.call('ZADD', DELIVERIES, lease, id)
+    out[#out + 1] = {id, h[2], h[3], attempt, h[4], h[5] or ''}
+  end
+end
+return out
+"""
+
+#: ARGV: prefix, id, attempt, state, next at ('' unless pending), status (''), error (''),
+#: now. The outcome of that attempt, if it is still the one in flight; returns 1, else 0.
+SETTLE_DELIVERY = r"""
+local id, try, state, next_at = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local status, err, now = ARGV[6], ARGV[7], ARGV[8]
+local job = P .. 'job:' .. id
+local h = redis.call('HMGET', job, 'd_state', 'd_try')
+if h[1] ~= 'pending' or h[2] ~= try then return 0 end
+redis.call('HSET', job, 'd_state', state)
+local function put(name, value)
+  if value == '' then redis.call('HDEL', job, name) else redis.call('HSET', job, name, value) end
+end
+put('d_status', status)
+put('d_error', err)
+if state == 'pending' then
+  redis.call('ZADD', DELIVERIES, next_at, id)
+else
+  redis.call('ZREM', DELIVERIES, id)
+end
+if state == 'delivered' then redis.call('HSET', job, 'd_at', now) end
+return 1
+"""
+
+#: ARGV: prefix, id, now. The job's delivery is pending again from now; 0 if it has none.
+RESEND_DELIVERY = r"""
+local id, now = ARGV[2], ARGV[3]
+local job = P .. 'job:' .. id
+if redis.call('HEXISTS', job, 'd_state') == 0 then return 0 end
+redis.call('HSET', job, 'd_state', 'pending', 'd_first', now)
+redis.call('HDEL', job, 'd_status', 'd_error', 'd_at', 'd_try')
+redis.call('ZADD', DELIVERIES, now, id)
+return 1
+"""
+
 SCRIPTS = {
     "list": LIST,
     "add": ADD,
@@ -567,4 +636,7 @@ SCRIPTS = {
     "renew": RENEW,
     "purge": PURGE,
     "recount": RECOUNT,
+    "take_deliveries": TAKE_DELIVERIES,
+    "settle_delivery": SETTLE_DELIVERY,
+    "resend_delivery": RESEND_DELIVERY,
 }

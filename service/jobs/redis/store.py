@@ -54,6 +54,9 @@ from service.ids import id_floor, id_time
 from service.jobs.document import CancelHow
 from service.jobs.record import (
     BatchProgress,
+    CallbackStatus,
+    Delivery,
+    DeliveryState,
     FailedAttempt,
     IdempotencyKey,
     ItemRef,
@@ -91,7 +94,8 @@ RECOUNT_S = 300.0
 RECORD_FIELDS = (
     b"name", b"owner", b"state", b"created", b"started", b"finished", b"attempts", b"error",
     b"items", b"done", b"failed", b"result", b"interrupted", b"not_before", b"interruptions",
-    b"failed_attempts", b"cancel_requested_at", b"cancelled_how", b"progress",
+    b"failed_attempts", b"cancel_requested_at", b"cancelled_how", b"progress", b"callback",
+    b"traceparent", b"d_state", b"d_attempts", b"d_status", b"d_error", b"d_at",
 )  # fmt: skip
 
 
@@ -149,6 +153,28 @@ def _record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
         cancel_requested_at=None if stop_at is None else float(stop_at),
         cancelled_how=None if how is None else how.decode(),  # type: ignore[arg-type]
         progress=decode_progress(h.get(b"progress")),
+        callback=_text(h.get(b"callback")),
+        traceparent=_text(h.get(b"traceparent")),
+        delivery=_delivery(h),
+    )
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _delivery(h: Mapping[bytes, bytes]) -> CallbackStatus | None:
+    """How the job's callback goes: the ``d_*`` fields its end wrote (none before)."""
+    state = h.get(b"d_state")
+    if state is None:
+        return None
+    status, at = h.get(b"d_status"), h.get(b"d_at")
+    return CallbackStatus(
+        state=state.decode(),  # type: ignore[arg-type]  # only values the scripts write
+        attempts=int(h.get(b"d_attempts", 0)),
+        last_status=None if status is None else int(status),
+        last_error=_text(h.get(b"d_error")),
+        delivered_at=None if at is None else float(at),
     )
 
 
@@ -377,6 +403,10 @@ class RedisStore:
         ]  # fmt: skip
         if record.items is not None:
             fields += ["items", _dumps(record.items)]
+        if record.callback is not None:
+            fields += ["callback", record.callback]
+        if record.traceparent is not None:
+            fields += ["traceparent", record.traceparent]
         want = _WANT[record.state]
         when = record.not_before if record.state is JobState.SCHEDULED else record.started_at
         if is_final(record.state):  # an inline batch, stored ended: its result with it
@@ -644,6 +674,42 @@ class RedisStore:
         if counted >= 0:
             log.debug("recounted %d jobs in flight", counted)
         return counted
+
+    # -- the callbacks' outbox: any worker of the fleet delivers any -------------------
+
+    async def take_deliveries(self, n: int, now: float, lease_until: float) -> list[Delivery]:
+        taken = await self._script("take_deliveries", _num(now), _num(lease_until), n)
+        return [
+            Delivery(
+                job_id=job_id.decode(),
+                owner=owner.decode(),
+                url=url.decode(),
+                attempt=int(attempt),
+                first_at=float(first),
+                traceparent=trace.decode() or None,
+            )
+            for job_id, owner, url, attempt, first, trace in taken
+        ]
+
+    async def settle_delivery(
+        self,
+        delivery: Delivery,
+        state: DeliveryState,
+        now: float,
+        *,
+        next_at: float | None = None,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        settled = await self._script(
+            "settle_delivery", delivery.job_id, delivery.attempt, state,
+            "" if next_at is None else _num(next_at), "" if status is None else status,
+            error or "", _num(now),
+        )  # fmt: skip
+        return bool(settled)
+
+    async def resend_delivery(self, job_id: str, now: float) -> bool:
+        return bool(await self._script("resend_delivery", job_id, _num(now)))
 
     async def ping(self) -> None:
         if self._client is None:

@@ -68,6 +68,8 @@ def record_of(
         cancel_requested_at=row.cancel_requested_at,
         cancelled_how=row.cancelled_how,  # type: ignore[arg-type]  # only values we wrote
         progress=decode_progress(row.progress),
+        callback=row.callback,
+        traceparent=row.traceparent,
     )
 
 

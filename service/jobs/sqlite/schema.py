@@ -15,7 +15,17 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, NamedTuple
 
-from service.jobs.state import CANCEL, DUE, FINISH, REQUEUE, RETRY, START, JobState, can_stop
+from service.jobs.state import (
+    CANCEL,
+    DUE,
+    FINAL,
+    FINISH,
+    REQUEUE,
+    RETRY,
+    START,
+    JobState,
+    can_stop,
+)
 from service.jobs.store import INTERRUPTED
 
 SCHEMA = """
@@ -47,7 +57,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested_at REAL,
     cancelled_how TEXT,
     -- JSON: what the task last said of how far it got.
-    progress BLOB
+    progress BLOB,
+    -- The URL its end is POSTed to (Job-Callback), and the submit's W3C trace context.
+    callback TEXT,
+    traceparent TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id);
 -- An index of an earlier version, dropped: it cost every submit more than it saved.
@@ -107,6 +120,8 @@ class JobRow(NamedTuple):
     cancelled_how: str | None
     #: JSON, or None: the task said nothing.
     progress: bytes | None
+    callback: str | None
+    traceparent: str | None
 
 
 #: Columns added since the first version, each with its definition, for older files.
@@ -117,7 +132,54 @@ ADDED_COLUMNS = (
     ("cancel_requested_at", "REAL"),
     ("cancelled_how", "TEXT"),
     ("progress", "BLOB"),
+    ("callback", "TEXT"),
+    ("traceparent", "TEXT"),
 )
+
+_FINAL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL)) + ")"
+
+#: The outbox of completion callbacks. A job that names a callback gets its delivery here in
+#: the very write that ends it (the trigger: whichever statement ends it, on whichever
+#: connection), so a crash between the end and the POST still delivers. ``next_at`` is when
+#: it is due: its next attempt, or the end of the lease of the attempt in flight (a worker
+#: that died mid-POST leaves it due again). :func:`migrate` makes it last: the trigger reads
+#: columns that migrate adds to older files.
+OUTBOX = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    url TEXT NOT NULL,
+    traceparent TEXT,
+    -- pending, delivered, failed (given up: re-sent on request)
+    state TEXT NOT NULL,
+    -- When the job ended (or a re-send was asked for): the retries' horizon counts from here.
+    first_at REAL NOT NULL,
+    next_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_status INTEGER,
+    last_error TEXT,
+    delivered_at REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at) WHERE state = 'pending';
+CREATE TRIGGER IF NOT EXISTS outbox AFTER UPDATE OF state ON jobs
+WHEN NEW.callback IS NOT NULL AND NEW.state IN {_FINAL}
+    AND OLD.state NOT IN {_FINAL}
+BEGIN
+    INSERT OR IGNORE INTO deliveries (job_id, owner, url, traceparent, state, first_at, next_at)
+    VALUES (NEW.id, NEW.owner, NEW.callback, NEW.traceparent, 'pending',
+            coalesce(NEW.finished_at, 0), coalesce(NEW.finished_at, 0));
+END;
+-- A job stored already ended (an inline batch): its delivery in the same insert.
+CREATE TRIGGER IF NOT EXISTS outbox_ended AFTER INSERT ON jobs
+WHEN NEW.callback IS NOT NULL AND NEW.state IN {_FINAL}
+BEGIN
+    INSERT OR IGNORE INTO deliveries (job_id, owner, url, traceparent, state, first_at, next_at)
+    VALUES (NEW.id, NEW.owner, NEW.callback, NEW.traceparent, 'pending',
+            coalesce(NEW.finished_at, 0), coalesce(NEW.finished_at, 0));
+END;
+COMMIT;
+"""
 
 COLUMNS = ", ".join(JobRow._fields)
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
@@ -132,8 +194,8 @@ JOB_ITEMS = "SELECT items FROM jobs WHERE id = ?"
 
 INSERT_JOB = (
     "INSERT INTO jobs (id, name, owner, state, created_at, started_at, attempts, args, items,"
-    " not_before, finished_at, error, result, done, failed)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " not_before, finished_at, error, result, done, failed, callback, traceparent)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # The moves of a job's state apply in the states service/jobs/state.py declares for them.
 START_JOB = (
@@ -186,6 +248,39 @@ EXPIRED_JOBS = (
     "SELECT id, args = ?1, result = ?1 FROM jobs WHERE id < ?2 AND finished_at < ?3 LIMIT ?4"
 )
 DELETE_JOB = "DELETE FROM jobs WHERE id = ?"
+
+#: Whether any callback of this shard is due (a read: the take below is a write).
+DELIVERY_DUE = "SELECT 1 FROM deliveries WHERE state = 'pending' AND next_at <= ? LIMIT 1"
+#: Take up to ``?3`` due callbacks, oldest due first, each leased until ``?1``.
+TAKE_DELIVERIES = (
+    "UPDATE deliveries SET attempts = attempts + 1, next_at = ?1 WHERE job_id IN"
+    " (SELECT job_id FROM deliveries WHERE state = 'pending' AND next_at <= ?2"
+    " ORDER BY next_at LIMIT ?3)"
+    " RETURNING job_id, owner, url, attempts, first_at, traceparent"
+)
+#: The outcome of attempt ``attempts`` (one of a lease that ran out and was taken again
+#: changes nothing).
+SETTLE_DELIVERY = (
+    "UPDATE deliveries SET state = ?, next_at = ?, last_status = ?, last_error = ?,"
+    " delivered_at = ? WHERE job_id = ? AND attempts = ? AND state = 'pending'"
+)
+#: Pending again from ``?1``, its horizon starting over (its attempts go on counting).
+RESEND_DELIVERY = (
+    "UPDATE deliveries SET state = 'pending', first_at = ?1, next_at = ?1, last_status = NULL,"
+    " last_error = NULL, delivered_at = NULL WHERE job_id = ?2"
+)
+DELIVERY_OF = (
+    "SELECT state, attempts, last_status, last_error, delivered_at FROM deliveries WHERE job_id = ?"
+)
+#: Deliveries of jobs created before the cutoff id (their jobs are purged too).
+DELETE_EXPIRED_DELIVERIES = "DELETE FROM deliveries WHERE job_id < ?"
+#: Pending deliveries of a shard nobody claims, moved to a live worker's.
+PENDING_DELIVERIES = (
+    "SELECT job_id, owner, url, traceparent, state, first_at, next_at, attempts, last_status,"
+    " last_error, delivered_at FROM deliveries WHERE state = 'pending'"
+)
+COPY_DELIVERY = "INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+DELETE_DELIVERY = "DELETE FROM deliveries WHERE job_id = ?"
 
 FIND_KEY = "SELECT job_id, fingerprint FROM idempotency_keys WHERE k = ? AND expires_at > ?"
 #: An expired key of the same name is replaced.
@@ -274,16 +369,16 @@ def migrate(conn: sqlite3.Connection) -> None:
             ("UPDATE jobs SET interrupted = 1 WHERE state = 'queued' AND error = ?",
              (INTERRUPTED,)),
         ]  # fmt: skip
-    if not statements:
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statement, params in statements:
-            conn.execute(statement, params)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    if statements:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement, params in statements:
+                conn.execute(statement, params)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    conn.executescript(OUTBOX)
 
 
 def list_jobs_sql(

@@ -20,9 +20,13 @@ from service.jobs.slots import claim_slot, is_held
 from service.jobs.sqlite.payloads import PayloadFiles
 from service.jobs.sqlite.rows import runnable
 from service.jobs.sqlite.schema import (
+    COPY_DELIVERY,
     COPY_JOB,
+    DELETE_DELIVERY,
     DELETE_JOB,
     JOB_EXISTS,
+    PENDING_DELIVERIES,
+    RESEND_DELIVERY,
     SCHEMA,
     SELECT_UNFINISHED,
     JobRow,
@@ -74,7 +78,8 @@ def open_own(path: Path, *, max_bytes: int) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run on a thread
-        conn.executescript(SCHEMA)
+        # One transaction: each statement alone would commit (and log) the schema again.
+        conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
         migrate(conn)
         if max_bytes:
             # Past it a write fails as on a full disk: 503, never a 202 unstored.
@@ -136,6 +141,52 @@ def cancel_in(path: Path, job_id: str, now: float) -> JobState | None:
         return state
     finally:
         conn.close()
+
+
+def resend_in(path: Path, job_id: str, now: float) -> bool:
+    """Make a callback of another worker's shard pending again (on a thread)."""
+    conn = connect(path)
+    try:
+        return bool(conn.execute(RESEND_DELIVERY, (now, job_id)).rowcount)
+    finally:
+        conn.close()
+
+
+def adopt_deliveries(path: Path, own: Path) -> int:
+    """Move the pending callbacks of an unclaimed shard into ours (on a thread); how many.
+    Their jobs stay where they are: every worker reads every shard."""
+    try:
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return 0
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # a live worker holds it, and sends them
+        orphan = connect(path)
+        try:
+            migrate(orphan)
+            rows = orphan.execute(PENDING_DELIVERIES).fetchall()
+            if not rows:
+                return 0
+            mine = connect(own)
+            try:
+                # Ours first, then theirs: a crash in between sends one twice, never none.
+                mine.execute("BEGIN IMMEDIATE")
+                mine.executemany(COPY_DELIVERY, rows)
+                mine.execute("COMMIT")
+            finally:
+                mine.close()
+            orphan.execute("BEGIN IMMEDIATE")
+            orphan.executemany(DELETE_DELIVERY, [(row[0],) for row in rows])
+            orphan.execute("COMMIT")
+            log.warning("adopted %d pending callbacks from %s", len(rows), path.name)
+            return len(rows)
+        finally:
+            orphan.close()
+    finally:
+        os.close(fd)
 
 
 def adopt(path: Path, own: Path, files: PayloadFiles) -> list[JobRecord]:

@@ -23,6 +23,9 @@ from service.ids import id_floor
 from service.jobs.document import CancelHow
 from service.jobs.record import (
     BatchProgress,
+    CallbackStatus,
+    Delivery,
+    DeliveryState,
     FailedAttempt,
     IdempotencyKey,
     JobEnd,
@@ -40,10 +43,13 @@ from service.jobs.sqlite.payloads import PayloadFiles, PayloadMissing
 from service.jobs.sqlite.rows import APART, INLINE_MAX, dumps, item_rows, record_of, runnable
 from service.jobs.sqlite.schema import (
     COUNT_ITEMS,
+    DELETE_EXPIRED_DELIVERIES,
     DELETE_EXPIRED_ITEMS,
     DELETE_EXPIRED_KEYS,
     DELETE_JOB,
     DELETE_STOP_REQUEST,
+    DELIVERY_DUE,
+    DELIVERY_OF,
     DUE_JOB,
     EXPIRED_JOBS,
     FIND_KEY,
@@ -53,11 +59,14 @@ from service.jobs.sqlite.schema import (
     PROGRESS_JOB,
     PUT_KEY,
     REQUEUE_JOB,
+    RESEND_DELIVERY,
     RETRY_JOB,
     SELECT_JOB,
     SELECT_UNFINISHED,
+    SETTLE_DELIVERY,
     START_JOB,
     STOP_REQUESTS,
+    TAKE_DELIVERIES,
     JobRow,
     cancel,
     interrupt,
@@ -67,9 +76,11 @@ from service.jobs.sqlite.schema import (
 from service.jobs.sqlite.shards import (
     Shards,
     adopt,
+    adopt_deliveries,
     cancel_in,
     claim,
     open_own,
+    resend_in,
     shard_path,
     shard_paths,
     sweep,
@@ -199,6 +210,7 @@ class SqliteStore:
             record.id, record.name, record.owner, record.state.value, record.created_at,
             record.started_at, record.attempts, args, blob, record.not_before,
             record.finished_at, record.error, result, record.done, record.failed,
+            record.callback, record.traceparent,
         ))  # fmt: skip
         if items is not None and items.keyed:
             writes.upsert_items(item_rows(record, items))
@@ -342,7 +354,7 @@ class SqliteStore:
                 result = None
                 if row.result == APART:
                     result = await asyncio.to_thread(self.files.get, job_id, "result")
-                return record_of(row, self.files, args=False, result=result)
+                return self._delivered(record_of(row, self.files, args=False, result=result))
             except PayloadMissing as ex:
                 # Lost for good (a power cut before the checkpoint): say so, as a failure; a
                 # 503 would ask the client to retry in vain.
@@ -376,8 +388,22 @@ class SqliteStore:
         pages = [self._list_shards(query, group) for group in groups]
         rows = heapq.merge(*itertools.chain(*pages), key=lambda row: row.id, reverse=True)
         return [
-            record_of(row, self.files, args=False) for row in itertools.islice(rows, query.limit)
+            self._delivered(record_of(row, self.files, args=False))
+            for row in itertools.islice(rows, query.limit)
         ]
+
+    def _delivered(self, record: JobRecord) -> JobRecord:
+        """``record`` with how its callback's delivery goes (it has none before its end)."""
+        if record.callback is None:
+            return record
+        for _, conn in self._reads().search_order():  # its shard's, or an adopter's
+            found = conn.execute(DELIVERY_OF, (record.id,)).fetchone()
+            if found is not None:
+                state, attempts, status, error, delivered_at = found
+                return record.replace(
+                    delivery=CallbackStatus(state, attempts, status, error, delivered_at)
+                )
+        return record
 
     def _list_shards(self, query: JobQuery, states: list[str]) -> list[list[JobRow]]:
         """Each shard's page for ``query`` in ``states`` (any: none), newest first."""
@@ -445,6 +471,7 @@ class SqliteStore:
         for path in shard_paths(self.directory):
             if path != own:
                 adopted.extend(await asyncio.to_thread(adopt, path, own, self.files))
+                await asyncio.to_thread(adopt_deliveries, path, own)
         self._args_apart.update(r.id for r in adopted if self.files.path(r.id, "args").exists())
         return adopted
 
@@ -469,10 +496,62 @@ class SqliteStore:
         if self._purges % KEYED_PURGE_EVERY == 0:
             await writes.run(lambda conn: conn.execute(DELETE_EXPIRED_ITEMS, (floor,)).rowcount)
             await writes.run(lambda conn: conn.execute(DELETE_EXPIRED_KEYS, (now,)).rowcount)
+            await writes.run(lambda conn: conn.execute(DELETE_EXPIRED_DELIVERIES, (floor,)))
             # Files no row points at: written for a submit whose commit failed.
             await asyncio.to_thread(sweep, self.files, shard_paths(self.directory), floor)
         self._purges += 1
         return len(rows)
+
+    # -- the callbacks' outbox: this worker delivers its own shard's --------------------
+
+    async def take_deliveries(self, n: int, now: float, lease_until: float) -> list[Delivery]:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("the job store is closed")
+        if conn.execute(DELIVERY_DUE, (now,)).fetchone() is None:
+            return []  # a read, nearly always: the take is a write
+
+        def op(c: sqlite3.Connection) -> list[Delivery]:
+            rows = c.execute(TAKE_DELIVERIES, (lease_until, now, n)).fetchall()
+            return [Delivery(*row) for row in rows]
+
+        taken: list[Delivery] = await self._writes().run(op)
+        return taken
+
+    async def settle_delivery(
+        self,
+        delivery: Delivery,
+        state: DeliveryState,
+        now: float,
+        *,
+        next_at: float | None = None,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        at = now if state == "delivered" else None
+        row = (state, next_at, status, error, at, delivery.job_id, delivery.attempt)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(SETTLE_DELIVERY, row).rowcount == 1
+
+        settled: bool = await self._writes().run(op)
+        return settled
+
+    async def resend_delivery(self, job_id: str, now: float) -> bool:
+        shards = self._reads()
+        for path, conn in shards.search_order():
+            if conn.execute(DELIVERY_OF, (job_id,)).fetchone() is None:
+                continue
+            if path == shards.own:
+
+                def op(c: sqlite3.Connection) -> bool:
+                    return c.execute(RESEND_DELIVERY, (now, job_id)).rowcount == 1
+
+                again: bool = await self._writes().run(op)
+                return again
+            # Another worker's shard: a short write under its lock; that worker sends it.
+            return await asyncio.to_thread(resend_in, path, job_id, now)
+        return False
 
     async def ping(self) -> None:
         if self._conn is None:
