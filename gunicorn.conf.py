@@ -155,3 +155,5 @@ def post_fork(server, worker):
         signals.terminate()
 
     worker.handle_exit_signal = handle_exit_signal
+    if hasattr(worker, "note_stop_signals"):  # jobpool's worker (a bench runs uvicorn's)
+        worker.note_stop_signals()

@@ -25,6 +25,9 @@ runs uvloop, the ASGI lifespan and the signal handling. On top of that:
   ``Host``: 400; the header deadline: 408) are application/problem+json with an
   ``X-Request-ID``, counted and logged by the app's :class:`~service.api.middleware.Telemetry`,
   which leaves its ``record`` in the lifespan state for this module.
+- **Stopping.** A stop signal that comes while the worker boots is kept, not lost; on a
+  stop, idle kept-alive connections close at once instead of holding the worker for the
+  graceful timeout.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -178,13 +182,22 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.worker.connections.add(self)
         if self._callback_parser is not None:  # HTTP/1 (the only protocol jobpool serves)
             self._arm_header_clock()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.connections.discard(self)
         self._stop_header_clock()
         self._stop_body_clock()
         super().connection_lost(exc)
+
+    def close_if_idle(self) -> None:
+        """Close the connection if it waits between requests (none begun, none in hand),
+        as its keep-alive timeout would; one that is busy closes after its answer."""
+        if not self._closed and self._current_request is None and not self._partial_request:
+            self._close_transport()
+            self._request_ready.set()  # the connection loop sees the close and ends
 
     # -- the header deadline -------------------------------------------------------------
 
@@ -382,6 +395,10 @@ class Protocol(ASGIProtocol):  # type: ignore[misc]
         record(None, _echo(method), _echo(path), status, seconds, request_id)
 
 
+#: The signals that stop a worker (TERM: gracefully; INT, QUIT: at once).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
 class Worker(ASGIWorker):  # type: ignore[misc]
     """gunicorn's asgi worker, serving every listener with :class:`Protocol`."""
 
@@ -389,10 +406,45 @@ class Worker(ASGIWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         # gunicorn.conf.py has read (and checked) the same environment already.
         self.settings = Settings.from_env()
+        self._early_signals: list[int] = []
+        #: Open connections: on a stop, the idle ones are closed at once.
+        self.connections: set[Protocol] = set()
+
+    def note_stop_signals(self) -> None:
+        """Until the loop runs, Python's own handlers note the stop signals (from
+        gunicorn.conf.py's post_fork on): uvloop drops a signal that arrives before its loop
+        runs, and loading the app takes ~0.5 s. A SIGTERM then (a stop while a worker
+        boots) was lost, and the master waited out its graceful timeout to SIGKILL the
+        worker. :meth:`_serve` hands the noted ones to the loop's handlers."""
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, lambda signum, _frame: self._early_signals.append(signum))
+
+    def init_signals(self) -> None:
+        # gunicorn's, but the stop signals stay noted (never SIG_DFL: a stop while booting
+        # would kill the worker rather than stop it gracefully) until _serve.
+        for sig in self.SIGNALS:
+            if sig not in _STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.handle_usr1_signal)
+        self.loop.add_signal_handler(signal.SIGWINCH, self.handle_winch_signal)
+        self.loop.add_signal_handler(signal.SIGABRT, self.handle_abort_signal)
+        self.note_stop_signals()
+
+    def _take_stop_signals(self) -> None:
+        handlers = {
+            signal.SIGTERM: self.handle_exit_signal,
+            signal.SIGINT: self.handle_quit_signal,
+            signal.SIGQUIT: self.handle_quit_signal,
+        }
+        for sig in _STOP_SIGNALS:
+            self.loop.add_signal_handler(sig, handlers[sig])
+        for signum in self._early_signals:
+            handlers[signal.Signals(signum)]()
 
     async def _serve(self) -> None:
         # gunicorn's _serve, with this module's protocol: the lifespan, then one server per
         # listener, then the heartbeat until the worker is told to stop.
+        self._take_stop_signals()
         if self.cfg.asgi_lifespan != "off":  # jobpool's pools and store start with it
             self.lifespan = LifespanManager(self.asgi, self.log, self.state)
             try:
@@ -417,6 +469,11 @@ class Worker(ASGIWorker):  # type: ignore[misc]
                 await asyncio.sleep(1.0)
         except asyncio.CancelledError:
             pass
+        # gunicorn waits for every open connection to end, and an idle kept-alive one (a
+        # load balancer holds many) would hold the stop for the whole graceful timeout,
+        # ended by SIGKILL. The idle ones close now; the busy ones after their answer.
+        for connection in list(self.connections):
+            connection.close_if_idle()
         await self._shutdown()
 
 

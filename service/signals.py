@@ -1,10 +1,10 @@
 """Termination notice from the server to the app, at the moment SIGTERM arrives.
 
 gunicorn's asgi worker runs the ASGI lifespan shutdown only after its open connections are
-gone, and idle keep-alive connections (a load balancer keeps many) hold it for the whole
-graceful timeout, at whose end the arbiter kills the worker. So the job drain must start at
-SIGTERM, not at lifespan shutdown: gunicorn.conf.py calls :func:`terminate` from the
-worker's SIGTERM handler.
+gone (:mod:`service.server` closes the idle ones at once; a busy one, such as a
+``Prefer: wait``, ends with its answer). So the job drain must start at SIGTERM, not at
+lifespan shutdown: gunicorn.conf.py calls :func:`terminate` from the worker's SIGTERM
+handler.
 """
 
 from __future__ import annotations

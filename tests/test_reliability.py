@@ -209,7 +209,7 @@ def test_timeouts_fail_the_job_and_kill_a_stuck_cpu_process(server: Server, tmp_
     assert cpu.json()["error"] == "timed out after 1 s"
     stuck = int(pid_file.read_text())
     deadline = time.monotonic() + 10
-    while psutil.pid_exists(stuck) and psutil.Process(stuck).status() != psutil.STATUS_ZOMBIE:
+    while alive(stuck):
         assert time.monotonic() < deadline, "the stuck process was left running"
         time.sleep(0.05)
     after = server.post(
@@ -217,6 +217,57 @@ def test_timeouts_fail_the_job_and_kill_a_stuck_cpu_process(server: Server, tmp_
     )
     assert after.status == 200
     assert after.json()["pid"] != stuck
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, or a process gone while we look, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_worker_told_to_stop_while_it_boots_stops(server: Server) -> None:
+    """SIGTERM to a worker still loading the app (uvloop would drop it) stops that worker
+    by itself, gracefully, and the master replaces it."""
+    old = server.worker_pids()
+    os.kill(old[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not (booting := [p for p in server.worker_pids() if p not in old]):
+        assert time.monotonic() < deadline, "the killed worker was not replaced"
+        time.sleep(0.005)
+    # Past gunicorn's own window (fork to its post_fork hook, which logs this line first),
+    # and the app takes ~0.5 s to load after: it is loading now.
+    while f"Booting worker with pid: {booting[0]}" not in server.log():
+        assert time.monotonic() < deadline, "the new worker did not log its boot"
+        time.sleep(0.005)
+    os.kill(booting[0], signal.SIGTERM)
+    while f"Worker exiting (pid: {booting[0]})" not in server.log():
+        assert time.monotonic() < deadline, "the worker signalled while booting kept running"
+        time.sleep(0.05)
+    while len(server.worker_pids()) != 2 or booting[0] in server.worker_pids():
+        assert time.monotonic() < deadline, "the stopped worker was not replaced"
+        time.sleep(0.05)
+    assert server.get("/healthz").status == 200
+
+
+def test_idle_kept_alive_connections_do_not_hold_a_stop(
+    server_factory: Callable[..., Server],
+) -> None:
+    """SIGTERM with idle kept-alive connections open (a load balancer holds many): each
+    worker closes them and exits by itself, none is killed at the graceful timeout."""
+    srv = server_factory(env={"JOBPOOL_GRACEFUL_TIMEOUT_S": "15"})
+    idle = [urllib3.HTTPConnectionPool("127.0.0.1", srv.port, maxsize=1) for _ in range(8)]
+    served = {pool.request("GET", "/healthz").status for pool in idle}
+    assert served == {200}
+    workers = srv.worker_pids()
+    assert srv.stop(signal.SIGTERM, timeout=60) == 0
+    log = srv.log()
+    for pid in workers:
+        assert f"Worker exiting (pid: {pid})" in log
+    assert "Forcing close" not in log
+    for pool in idle:
+        pool.close()
 
 
 def until_refused(submit: Callable[[], Response], tries: int, why: str) -> list[str]:
