@@ -53,7 +53,7 @@ from pathlib import Path
 import psutil
 
 from bench import redis_server
-from bench.checkout import checkout
+from bench.checkout import ROOT, checkout
 from bench.client import BenchClient
 from bench.contenders import DEFAULT_PEERS, PEERS, Contender, Running, jobpool, missing, running
 from bench.server import free_port, server_env
@@ -245,7 +245,8 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument(
         "--jobpool-env", action="append", default=[], metavar="NAME=VALUE",
-        help="extra environment for the jobpool servers (repeatable)",
+        help="extra environment for this checkout's jobpool rows, not the --compare ones,"
+        " so a setting is measured against the code without it (repeatable)",
     )  # fmt: skip
     ap.add_argument(
         "--redis", action="store_true",
@@ -274,7 +275,8 @@ def main() -> None:
                 env = server_env(tmp / f"{c.name}-{r}", bench.env, root=c.root)
                 if c.jobpool:
                     env.update(JOBPOOL_DEFAULTS)
-                    env.update(kv.split("=", 1) for kv in args.jobpool_env)
+                    if c.root == ROOT:  # the --compare rows run as they are
+                        env.update(kv.split("=", 1) for kv in args.jobpool_env)
                 # A free port each time: other benchmarks may run on this host too.
                 port = args.port or free_port()
                 with running(c, port, env, workers=args.workers, redis=redis) as serving:
