@@ -81,7 +81,7 @@ def main() -> None:
                 body = orjson.dumps({"Data": items})
                 if seq % 8 == 2:
                     kind = "delayed"
-                    headers["Job-Delay"] = str(random.uniform(0.5, 3.0))
+                    headers["Job-Delay"] = f"{random.uniform(0.5, 3.0):.3f}"  # at most 6 decimals
             for _ in range(3):  # a request its dying worker never answered is sent again
                 try:
                     r = http.request(
