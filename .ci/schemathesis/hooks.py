@@ -1,7 +1,7 @@
 """schemathesis hooks for .ci/api-contract: refusals that JSON Schema cannot describe.
 
 positive_data_acceptance (ST202) sends requests valid by the document and expects them
-taken. Four refusals depend on more than one value or on the server's memory, which no
+taken. Five refusals depend on more than one value or on the server's memory, which no
 schema can state, so a schema-valid request is rightly refused:
 
 - a listing ``cursor`` that this service did not give (a cursor is opaque: any string is
@@ -10,7 +10,9 @@ schema can state, so a schema-valid request is rightly refused:
   generator reuses its example key across bodies);
 - ``Job-Delay`` and ``Job-Not-Before`` together (each valid alone, the pair ambiguous);
 - a ``Job-Not-Before`` past the scheduling horizon (JOBPOOL_SCHEDULE_MAX_S from now: the
-  schema cannot know the clock).
+  schema cannot know the clock);
+- a ``Job-Callback`` the SSRF guard refuses (a private address, credentials, ...: as for
+  ``/v1/fetch``'s URL, which is why that route's check is off in the profiles).
 
 Only these exact answers are dropped, and only from that check; every other failure, and
 every other check on these responses, stands.
@@ -27,6 +29,7 @@ SEMANTIC_REFUSALS = (
     (422, "Idempotency key reused", None),
     (400, "Bad request", "give Job-Delay or Job-Not-Before, not both"),
     (422, "Invalid request", "the job would start "),
+    (422, "Invalid request", "Job-Callback refused: "),
 )
 
 
