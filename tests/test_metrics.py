@@ -93,13 +93,21 @@ def test_counts_add_up_across_workers(server_factory: Callable[..., Server]) -> 
     for job_id in failing:
         assert srv.wait_final(job_id)["state"] == "failed"
 
+    requests = "jobpool_http_requests_total"
+
     def settled(s: dict[Any, float]) -> bool:
+        # Each worker flushes its counts once a second, on its own: wait for the last
+        # count asserted below of either worker, not only for the jobs' ends.
         done = value(s, "jobpool_jobs_completed_total", job="parcel", state="succeeded")
         failed = value(s, "jobpool_jobs_completed_total", job="test.fail", state="failed")
-        return done == batches and failed == len(failing)
+        answered = (
+            value(s, requests, route="/v1/parcels", method="POST", status="422")
+            + value(s, requests, route="unmatched", method="GET", status="404")
+            + value(s, requests, route="/test/jobs/{name}", method="POST", status="202")
+        )
+        return done == batches and failed == len(failing) and answered >= 2 + 3 + 4
 
     s = wait_for_metrics(lambda: srv.get("/metrics").data.decode(), settled)
-    requests = "jobpool_http_requests_total"
     assert value(s, requests, route="/v1/parcels", method="POST", status="202") == batches
     assert value(s, requests, route="/v1/parcels", method="POST", status="422") == 2
     assert value(s, requests, route="unmatched", method="GET", status="404") == 3
