@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -81,6 +82,19 @@ def _run_in_child(
     return run_in(context, fn, **kwargs)
 
 
+#: How multiprocessing's resource tracker warns of the semaphores a SIGKILLed worker left:
+#: plain text on stderr, where every line must be JSON, and nothing to act on (the kill
+#: itself is logged by gunicorn, and the tracker frees them).
+_TRACKER_WARNING = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
+def _quiet_resource_tracker() -> None:
+    """Start this process's resource tracker (if not yet) with that warning off: it runs
+    with the interpreter flags of the process that starts it, ``sys.warnoptions`` too."""
+    if _TRACKER_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_WARNING)
+
+
 class CpuPool:
     """``await pool.run(fn, args, kwargs, timeout_s)`` on one of ``processes`` slots, of
     which the first ``keep`` (default: all) keep their process when idle.
@@ -108,6 +122,7 @@ class CpuPool:
         self.busy = 0
         self._tokens = tokens
         self._context = multiprocessing.get_context("forkserver")
+        _quiet_resource_tracker()
         if preload:
             self._context.set_forkserver_preload(list(preload))
         self._slots: list[ProcessPoolExecutor | None] = [None] * processes
