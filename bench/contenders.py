@@ -68,6 +68,8 @@ class Contender:
     root: Path = ROOT
     #: the modules it runs on beyond jobpool's own (``pip install -e '.[bench]'``).
     needs: tuple[str, ...] = ()
+    #: each request carries a fresh ``Idempotency-Key`` (``--idempotency``).
+    keyed: bool = False
 
 
 PEERS = {
@@ -102,8 +104,9 @@ def jobpool(
     stores: str = "SQLite",
     redis: bool = False,
     root: Path = ROOT,
+    keyed: bool = False,
 ) -> Contender:
-    return Contender(name, app, stores=stores, jobpool=True, redis=redis, root=root)
+    return Contender(name, app, stores=stores, jobpool=True, redis=redis, root=root, keyed=keyed)
 
 
 @dataclass(frozen=True)

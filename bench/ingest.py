@@ -2,7 +2,7 @@
 
     python -m bench.ingest [--peers floor,floor-uvicorn,fastapi,celery] [--rounds 3]
                            [--duration 10] [--threads 1] [--connections 32]
-                           [--redis] [--stages] [--compare REF]
+                           [--idempotency] [--redis] [--stages] [--compare REF]
 
 Starts each server (by default 2 workers on this 2-vCPU host: one per vCPU, as jobpool
 does), drives it with wrk posting the seed's 9-item batch with an API key (jobpool runs
@@ -25,6 +25,9 @@ backlog, for up to ``--drain-s`` after the load; a figure marked ``+`` had work 
 
 ``--stages`` adds jobpool stopped short after validating the batch and after its durable
 accept (:mod:`bench.stages`), to show what each stage of the request path costs.
+
+``--idempotency`` adds jobpool with a fresh ``Idempotency-Key`` on every request
+(``jp-keyed``): what a careful client's key costs.
 
 ``--redis`` adds jobpool with the fleet store (``JOBPOOL_STORE_URL=redis://…``). The run's
 redis-server (loopback, a temp dir, append-only file fsynced every second, as a fleet
@@ -111,7 +114,11 @@ def drive(
         ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
          "-s", str(LUA), f"http://127.0.0.1:{port}/v1/parcels"],
         capture_output=True, text=True, check=True,
-        env={**os.environ, "JOBPOOL_BENCH_KEY": key},  # seed_batch.lua sends it
+        env={  # seed_batch.lua sends the API key, and Idempotency-Keys if asked
+            **os.environ,
+            "JOBPOOL_BENCH_KEY": key,
+            "JOBPOOL_BENCH_IDEMPOTENCY": "1" if contender.keyed else "",
+        },
     ).stdout  # fmt: skip
     backlog = serving.backlog()
     deadline = time.monotonic() + args.drain_s
@@ -160,6 +167,8 @@ def lineup(args: argparse.Namespace, stack: ExitStack) -> list[Contender]:
     if lacking := missing(rows):
         raise SystemExit(f"these peers need {', '.join(lacking)}: pip install -e '.[bench]'")
     rows.append(jobpool())
+    if args.idempotency:
+        rows.append(jobpool("jp-keyed", stores="SQLite, +key", keyed=True))
     if args.redis:
         rows.append(jobpool("jp-redis", stores="Redis AOF", redis=True))
     for ref in args.compare:
@@ -247,6 +256,10 @@ def main() -> None:
         "--jobpool-env", action="append", default=[], metavar="NAME=VALUE",
         help="extra environment for this checkout's jobpool rows, not the --compare ones,"
         " so a setting is measured against the code without it (repeatable)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--idempotency", action="store_true",
+        help="also run jobpool with a fresh Idempotency-Key on every request (jp-keyed)",
     )  # fmt: skip
     ap.add_argument(
         "--redis", action="store_true",

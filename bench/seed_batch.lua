@@ -25,10 +25,26 @@ local threads = {}
 
 function setup(thread)
   table.insert(threads, thread)
+  thread:set("id", #threads)
 end
+
+-- JOBPOOL_BENCH_IDEMPOTENCY=1 (bench/ingest.py --idempotency): a fresh Idempotency-Key on
+-- every request (the thread's id and a counter), as a careful client sends.
+local keyed = os.getenv("JOBPOOL_BENCH_IDEMPOTENCY") == "1"
+local serial = 0
 
 function init(args)
   accepted, ok, refused, other = 0, 0, 0, 0
+  prefix = string.format("bench-%d-%d-", os.time(), id)
+end
+
+function request()
+  if not keyed then
+    return wrk.request()
+  end
+  serial = serial + 1
+  wrk.headers["Idempotency-Key"] = prefix .. serial
+  return wrk.format()
 end
 
 function response(status, headers, body)
