@@ -162,6 +162,7 @@ class SqliteStore:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
             self._conn = None
+        self._keys.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the shard for the next worker
             self._lock_fd = None
