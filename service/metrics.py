@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import dataclasses
 import logging
 import os
@@ -69,6 +68,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
+from service.background import cancel_and_wait
 from service.jobs.events import JobEvents, PoolStats
 from service.jobs.registry import Pool
 from service.jobs.state import JobState
@@ -367,11 +367,8 @@ class Metrics(JobEvents):
 
     async def stop(self) -> None:
         """Flush what is left; this worker stops counting."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        await cancel_and_wait(self._loop_task)
+        self._loop_task = None
         self.flush()
 
     def figures(self) -> Figures:

@@ -32,6 +32,7 @@ LEAVES = {
     "service.signals",
     "service.tracing",
     "service.hostfiles",
+    "service.background",
 }
 
 

@@ -17,7 +17,6 @@ How a POST is made (signed, behind the SSRF guard) is not the layer's business: 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Protocol
 
 import msgspec
 
+from service.background import cancel_and_wait
 from service.errors import Invalid, StoreUnavailable
 from service.jobs.io_pool import IoPool
 from service.jobs.record import Delivery
@@ -117,11 +117,8 @@ class Deliveries:
         self._loop_task = asyncio.create_task(self._run(), name="jobpool-callbacks")
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        await cancel_and_wait(self._loop_task)
+        self._loop_task = None
         if self._sending:  # the others stay leased: sent again once their lease runs out
             await asyncio.wait(list(self._sending), timeout=STOP_WAIT_S)
 

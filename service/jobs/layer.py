@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service import tracing
+from service.background import cancel_and_wait
 from service.errors import (
     Conflict,
     Invalid,
@@ -192,10 +193,7 @@ class JobLayer:
         self.draining = True
         self.lanes.stopped = True
         for helper in (self._janitor, self._stops):
-            if helper is not None:
-                helper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await helper
+            await cancel_and_wait(helper)
         await self.queue.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_s

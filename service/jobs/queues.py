@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from service.background import cancel_and_wait
 from service.errors import StoreUnavailable
 from service.jobs.hold import Admissions, Hold
 from service.jobs.lanes import Lanes, Waiting
@@ -155,10 +156,7 @@ class SharedQueue:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def enqueue(self, pool: Pool, record: JobRecord, hold: Hold) -> None:
         # It waits in the store (bounded there), which counts it in flight for its client:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from service.background import cancel_and_wait
 from service.errors import StoreUnavailable
 from service.jobs.redis.store import RedisStore
 from service.jobs.store import Store
@@ -127,11 +127,8 @@ class FleetBoard:
         self._loop = asyncio.create_task(self._publish_loop(snapshot), name="jobpool-ui-board")
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-            self._loop = None
+        await cancel_and_wait(self._loop)
+        self._loop = None
 
     async def _publish_loop(self, snapshot: Snapshot) -> None:
         while True:

@@ -48,6 +48,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from service.background import cancel_and_wait
 from service.config import StoreUrl
 from service.errors import Overloaded, StoreUnavailable, TooManyJobs
 from service.ids import id_floor, id_time
@@ -281,11 +282,8 @@ class RedisStore:
         self._renewer = asyncio.create_task(self._renew_loop(), name="jobpool-leases")
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
+        await cancel_and_wait(self._renewer)
+        self._renewer = None
         if self._flusher is not None:
             with contextlib.suppress(Exception):
                 await self._flusher
